@@ -1,0 +1,348 @@
+"""Behaviour of gradnoise.add_gradient_noise, clip_by_leaf_norm and noisy."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+import gradnoise
+
+KEY = jax.random.key(42)
+N = 200_000  # samples per statistical check
+
+
+def noise_at(t, eta=0.01, gamma=0.55, n=N, draw="auto", key=KEY):
+  """The noise added at update t to a zero gradient of n elements."""
+  tx = gradnoise.add_gradient_noise(eta, gamma, key=key, draw=draw)
+  state = tx.init(None)._replace(count=jnp.asarray(t, jnp.int32))
+  updates, new_state = tx.update({"g": jnp.zeros(n)}, state)
+  return np.asarray(updates["g"], np.float64), new_state
+
+
+def chi2_variance_interval(variance, n, level=0.999):
+  """Interval that n * s^2 / variance falls in with probability ``level`` (mean known 0)."""
+  lo, hi = stats.chi2.ppf([(1 - level) / 2, (1 + level) / 2], df=n)
+  return variance * lo / n, variance * hi / n
+
+
+@pytest.mark.parametrize("draw", ["fused", "per_leaf"])
+@pytest.mark.parametrize("t", [0, 1, 9, 999])
+def test_mean_and_variance_follow_schedule(t, draw):
+  eta, gamma = 0.3, 0.55
+  x, state = noise_at(t, eta, gamma, draw=draw)
+  variance = eta / (1 + t) ** gamma
+  # Mean: |mean| < 3.29 standard errors (99.9% two-sided normal interval).
+  assert abs(x.mean()) < 3.29 * np.sqrt(variance / N)
+  # Variance about the known mean 0: chi-square 99.9% interval with N degrees of freedom.
+  lo, hi = chi2_variance_interval(variance, N)
+  assert lo < np.mean(x**2) < hi
+  np.testing.assert_allclose(float(state.std), np.sqrt(variance), rtol=1e-6)
+  assert int(state.count) == t + 1
+  # Gaussian shape: Kolmogorov-Smirnov against N(0, variance).
+  assert stats.kstest(x / np.sqrt(variance), "norm").pvalue > 1e-3
+
+
+def test_first_update_has_variance_eta_and_count_advances():
+  tx = gradnoise.add_gradient_noise(0.5, 0.55, key=KEY)
+  state = tx.init({"g": jnp.zeros(3)})
+  assert int(state.count) == 0 and float(state.std) == 0.0
+  stds = []
+  for _ in range(3):
+    _, state = tx.update({"g": jnp.zeros(3)}, state)
+    stds.append(float(state.std))
+  np.testing.assert_allclose(stds, [np.sqrt(0.5 / (1 + t) ** 0.55) for t in range(3)],
+                             rtol=1e-6)
+
+
+def test_same_schedule_as_optax_add_noise():
+  eta, gamma = 0.01, 0.55
+  ours = gradnoise.add_gradient_noise(eta, gamma, key=KEY)
+  reference = optax.add_noise(eta, gamma, KEY)
+  grads = {"g": jnp.zeros(N)}
+  s_ours, s_ref = ours.init(grads), reference.init(grads)
+  for t in range(4):
+    u_ours, s_ours = ours.update(grads, s_ours)
+    u_ref, s_ref = reference.update(grads, s_ref)
+    std_ref = np.sqrt(eta / (1 + t) ** gamma)
+    # Our recorded std is optax's formula, to float32 rounding.
+    np.testing.assert_allclose(float(s_ours.std), std_ref, rtol=1e-6)
+    # Both empirical variances lie in the same chi-square interval.
+    lo, hi = chi2_variance_interval(std_ref**2, N)
+    for u in (u_ours, u_ref):
+      assert lo < np.mean(np.asarray(u["g"], np.float64) ** 2) < hi
+
+
+@pytest.mark.parametrize("draw", ["fused", "per_leaf"])
+def test_independent_across_leaves_steps_and_keys(draw):
+  n = 50_000
+  tx = gradnoise.add_gradient_noise(1.0, 0.0, key=KEY, draw=draw)
+  grads = {"a": jnp.zeros(n), "b": jnp.zeros(n)}
+  state = tx.init(grads)
+  u0, state = tx.update(grads, state)
+  u1, _ = tx.update(grads, state)
+  other = gradnoise.add_gradient_noise(1.0, 0.0, key=jax.random.key(43), draw=draw)
+  u_other, _ = other.update(grads, other.init(grads))
+  bound = 4.0 / np.sqrt(n)  # |corr| of independent samples: sd 1/sqrt(n)
+  pairs = [(u0["a"], u0["b"]), (u0["a"], u1["a"]), (u0["a"], u_other["a"])]
+  for x, y in pairs:
+    assert abs(np.corrcoef(x, y)[0, 1]) < bound
+
+
+def test_vmap_over_keys_and_eta():
+  n = 20_000
+  keys = jax.random.split(KEY, 4)
+  etas = jnp.array([0.0, 0.01, 0.25, 1.0])
+
+  def one_run(key, eta):
+    tx = gradnoise.add_gradient_noise(eta, 0.55, key=key)
+    updates, state = tx.update({"g": jnp.zeros(n)}, tx.init(None))
+    return updates["g"], state.std
+
+  noise, stds = jax.jit(jax.vmap(one_run))(keys, etas)
+  np.testing.assert_allclose(stds, np.sqrt(etas), rtol=1e-6)
+  assert np.all(noise[0] == 0)
+  for i in range(1, 4):
+    lo, hi = chi2_variance_interval(float(etas[i]), n)
+    assert lo < float(jnp.mean(noise[i] ** 2)) < hi
+  corr = np.corrcoef(noise[1:])
+  assert np.max(np.abs(corr - np.eye(3))) < 4.0 / np.sqrt(n)
+  # Run k of the batch equals run k alone.
+  alone, _ = one_run(keys[2], etas[2])
+  np.testing.assert_allclose(noise[2], alone, rtol=1e-6)
+
+
+def test_noise_is_pure_function_of_key_and_step():
+  grads = {"w": jnp.ones((5, 3)), "b": jnp.ones(3)}
+  tx = gradnoise.add_gradient_noise(0.1, key=KEY)
+  state = tx.init(grads)
+  for _ in range(7):
+    expected, state = tx.update(grads, state)
+  # A fresh transform restored at count 6 (as from a checkpoint) draws the same noise.
+  restored = gradnoise.add_gradient_noise(0.1, key=KEY)
+  state6 = restored.init(grads)._replace(count=jnp.asarray(6, jnp.int32))
+  again, _ = restored.update(grads, state6)
+  jax.tree.map(np.testing.assert_array_equal, expected, again)
+
+
+def assert_bitwise_equal(tree_a, tree_b):
+  for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
+    np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
+def test_eta_zero_returns_updates_unchanged():
+  grads = {"w": jax.random.normal(KEY, (7, 5)), "b": jnp.array([-0.0, 0.0, 1e-30, -2.5, 3.0]),
+           "h": jnp.array([-0.0, 1.5], jnp.bfloat16), "n": jnp.arange(2)}
+  tx = gradnoise.add_gradient_noise(0.0, key=KEY)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+  assert_bitwise_equal(updates, grads)
+
+
+@pytest.mark.parametrize("base", [optax.sgd(0.1), optax.adam(1e-3)])
+def test_eta_zero_is_bit_exact_base_optimizer(base):
+  # Op by op (no jit): the compiled chain may fuse differently around the transform.
+  key = jax.random.key(0)
+  params = {"w": jax.random.normal(key, (7, 5)), "b": jnp.zeros(5)}
+  grads = {"w": jax.random.normal(jax.random.fold_in(key, 1), (7, 5)),
+           "b": jnp.array([-0.0, 0.0, 1e-30, -2.5, 3.0])}
+  with_noise = gradnoise.noisy(base, eta=0.0, key=KEY, clip_norm=1.0)
+  plain = optax.chain(optax.clip_by_global_norm(1.0), base)
+  s1, s2 = with_noise.init(params), plain.init(params)
+  for _ in range(3):
+    u1, s1 = with_noise.update(grads, s1, params)
+    u2, s2 = plain.update(grads, s2, params)
+    assert_bitwise_equal(u1, u2)
+
+
+def test_changing_eta_or_gamma_does_not_recompile():
+  traces = []
+
+  @jax.jit
+  def step(grads, eta, gamma):
+    traces.append(1)
+    tx = gradnoise.add_gradient_noise(eta, gamma, key=KEY)
+    return tx.update(grads, tx.init(grads))
+
+  grads = {"g": jnp.zeros(10)}
+  for eta, gamma in [(0.01, 0.55), (0.3, 0.55), (1.0, 0.1), (0.0, 0.0)]:
+    _, state = step(grads, eta, gamma)
+    np.testing.assert_allclose(float(state.std), np.sqrt(eta), rtol=1e-6)
+  assert len(traces) == 1
+  assert step._cache_size() == 1
+
+
+def test_low_precision_leaves_get_float32_noise_and_ints_pass():
+  grads = {"bf16": jnp.zeros(N, jnp.bfloat16), "f16": jnp.zeros(N, jnp.float16),
+           "int": jnp.arange(5), "bool": jnp.array([True, False]), "none": None}
+  tx = gradnoise.add_gradient_noise(1e-4, 0.0, key=KEY, draw="per_leaf")
+  updates, _ = tx.update(grads, tx.init(grads))
+  assert updates["bf16"].dtype == jnp.bfloat16 and updates["f16"].dtype == jnp.float16
+  assert updates["none"] is None
+  np.testing.assert_array_equal(updates["int"], grads["int"])
+  np.testing.assert_array_equal(updates["bool"], grads["bool"])
+  # The bf16 noise is the float32 draw rounded once: same values as sampling a float32
+  # leaf with the same key and position, cast to bf16.
+  f32_grads = dict(grads, bf16=jnp.zeros(N, jnp.float32))
+  f32_updates, _ = tx.update(f32_grads, tx.init(f32_grads))
+  np.testing.assert_array_equal(updates["bf16"], f32_updates["bf16"].astype(jnp.bfloat16))
+  lo, hi = chi2_variance_interval(1e-4, N)
+  assert lo * 0.99 < float(jnp.mean(updates["bf16"].astype(jnp.float32) ** 2)) < hi * 1.01
+
+
+def test_constant_and_custom_schedules():
+  tx = gradnoise.add_gradient_noise(schedule=gradnoise.constant_std(0.001), key=KEY)
+  state = tx.init(None)
+  for _ in range(3):
+    updates, state = tx.update({"g": jnp.zeros(N)}, state)
+  np.testing.assert_allclose(float(state.std), 0.001, rtol=1e-6)
+  lo, hi = chi2_variance_interval(1e-6, N)
+  assert lo < float(jnp.mean(updates["g"] ** 2)) < hi
+  # An optax schedule works as a std schedule.
+  sched = optax.linear_schedule(1.0, 0.0, transition_steps=4)
+  tx = gradnoise.add_gradient_noise(schedule=sched, key=KEY)
+  state = tx.init(None)
+  stds = []
+  for _ in range(5):
+    _, state = tx.update({"g": jnp.zeros(3)}, state)
+    stds.append(float(state.std))
+  np.testing.assert_allclose(stds, [1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def test_masked_adds_noise_only_where_selected():
+  grads = {"w": jnp.zeros(1000), "b": jnp.zeros(1000)}
+  tx = optax.masked(gradnoise.add_gradient_noise(1.0, key=KEY), {"w": True, "b": False})
+  updates, _ = tx.update(grads, tx.init(grads))
+  assert float(jnp.std(updates["w"])) > 0.5
+  np.testing.assert_array_equal(updates["b"], 0.0)
+
+
+def test_multisteps_adds_noise_once_per_real_update():
+  k = 3
+  grads = {"g": jnp.ones(4)}
+  inner = gradnoise.add_gradient_noise(0.5, key=KEY)
+  multi = optax.MultiSteps(inner, every_k_schedule=k)
+  state = multi.init(grads)
+  emitted = []
+  for _ in range(2 * k):
+    updates, state = multi.update(grads, state)
+    emitted.append(np.asarray(updates["g"]))
+  assert int(state.inner_opt_state.count) == 2  # two real updates, not six
+  # Real updates equal the plain transform applied to the averaged grads at t = 0, 1.
+  ref_state = inner.init(grads)
+  for t in range(2):
+    ref, ref_state = inner.update(grads, ref_state)
+    np.testing.assert_allclose(emitted[(t + 1) * k - 1], ref["g"], rtol=1e-6)
+  for i in [0, 1, 3, 4]:
+    np.testing.assert_array_equal(emitted[i], 0.0)
+
+
+def test_inject_hyperparams():
+  tx = optax.inject_hyperparams(gradnoise.add_gradient_noise)(eta=0.25, gamma=0.0, key=KEY)
+  grads = {"g": jnp.zeros(N)}
+  state = tx.init(grads)
+  update = jax.jit(tx.update)
+  _, state = update(grads, state)
+  np.testing.assert_allclose(float(state.inner_state.std), 0.5, rtol=1e-6)
+  state.hyperparams["eta"] = jnp.full_like(state.hyperparams["eta"], 0.04)
+  updates, state = update(grads, state)
+  np.testing.assert_allclose(float(state.inner_state.std), 0.2, rtol=1e-6)
+  lo, hi = chi2_variance_interval(0.04, N)
+  assert lo < float(jnp.mean(updates["g"] ** 2)) < hi
+  assert update._cache_size() == 1
+
+
+def test_clip_by_leaf_norm_clips_each_leaf_separately():
+  grads = {"a": jnp.array([30.0, 40.0]), "b": jnp.array([3.0, 4.0]), "i": jnp.arange(2)}
+  clipped, _ = gradnoise.clip_by_leaf_norm(10.0).update(grads, optax.EmptyState())
+  np.testing.assert_allclose(clipped["a"], [6.0, 8.0], rtol=1e-6)
+  np.testing.assert_array_equal(clipped["b"], grads["b"])
+  np.testing.assert_array_equal(clipped["i"], grads["i"])
+  unclipped, _ = gradnoise.clip_by_leaf_norm(jnp.inf).update(grads, optax.EmptyState())
+  np.testing.assert_array_equal(unclipped["a"], grads["a"])
+
+
+def test_noisy_order_is_clip_then_noise_then_optimizer():
+  grads = {"g": jnp.array([300.0, 400.0])}
+  tx = gradnoise.noisy(optax.sgd(1.0), eta=0.0, key=KEY, clip_norm=5.0)
+  updates, state = tx.update(grads, tx.init(grads))
+  np.testing.assert_allclose(updates["g"], [-3.0, -4.0], rtol=1e-6)
+  assert isinstance(state[1], gradnoise.GradientNoiseState)
+  per_leaf = gradnoise.noisy(optax.sgd(1.0), eta=0.0, key=KEY, clip_norm=5.0,
+                             clip_per_leaf=True)
+  assert isinstance(per_leaf.init(grads)[0], optax.EmptyState)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eta=-0.1), "eta must be >= 0"),
+    (dict(eta=float("nan")), "eta must be >= 0"),
+    (dict(eta=0.1, gamma=-1.0), "gamma must be >= 0"),
+    (dict(schedule=None), "exactly one of eta"),
+    (dict(eta=0.1, schedule=gradnoise.constant_std(0.1)), "exactly one of eta"),
+    (dict(eta=0.1, draw="fast"), "draw must be"),
+    (dict(eta=0.1, key=0), "key must be a JAX PRNG key"),
+    (dict(eta=0.1, key=np.zeros(3, np.uint32)), "key must be a JAX PRNG key"),
+    (dict(eta=0.1, key=jnp.zeros(2, jnp.float32)), "key must be a JAX PRNG key"),
+])
+def test_value_errors(kwargs, match):
+  kwargs = {"key": KEY, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    gradnoise.add_gradient_noise(**kwargs)
+
+
+def test_value_errors_for_std_and_clip():
+  with pytest.raises(ValueError, match="std must be >= 0"):
+    gradnoise.constant_std(-0.001)
+  with pytest.raises(ValueError, match="clip_norm must be >= 0"):
+    gradnoise.noisy(optax.sgd(0.1), eta=0.1, key=KEY, clip_norm=-1.0)
+
+
+def test_raw_uint32_key_accepted():
+  raw = jax.random.PRNGKey(42)
+  a, _ = gradnoise.add_gradient_noise(0.1, key=raw).update({"g": jnp.zeros(4)},
+                                                          gradnoise.add_gradient_noise(0.1, key=raw).init(None))
+  b, _ = gradnoise.add_gradient_noise(0.1, key=KEY).update({"g": jnp.zeros(4)},
+                                                          gradnoise.add_gradient_noise(0.1, key=KEY).init(None))
+  np.testing.assert_array_equal(a["g"], b["g"])
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp, optax, gradnoise
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    mesh = Mesh(jax.devices(), ("model",))
+    shard = NamedSharding(mesh, P("model", None))
+    params = {"w": jax.device_put(jnp.ones((64, 32)), shard),
+              "v": jax.device_put(jnp.ones((128, 8)), shard)}
+    out = {}
+    for draw in ["per_leaf", "fused"]:
+      tx = gradnoise.noisy(optax.sgd(0.1), eta=0.1, key=jax.random.key(0), clip_norm=10.0,
+                           draw=draw)
+      state = jax.device_put(tx.init(params), NamedSharding(mesh, P()))
+      update = jax.jit(tx.update)
+      hlo = update.lower(params, state, params).compile().as_text()
+      updates, _ = update(params, state, params)
+      out[draw] = {"all_gather": "all-gather" in hlo,
+                   "shardings_kept": all(u.sharding.is_equivalent_to(shard, u.ndim)
+                                         for u in jax.tree.leaves(updates)),
+                   "num_devices": len(updates["w"].sharding.device_set)}
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_params_get_shard_local_noise():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  per_leaf = result["per_leaf"]
+  assert per_leaf == {"all_gather": False, "shardings_kept": True, "num_devices": 4}
+  # The fused draw also keeps the sharding (it may compute the draw redundantly).
+  assert result["fused"]["shardings_kept"]
