@@ -1,0 +1,153 @@
+r"""Trains a sweep of runs defined by a config file.
+
+    python -m gradnoise.run --config configs/mnist_mlp.py:quick --workdir /tmp/quick \
+        [--config.noise.eta=0.3 ...] [--no_sweep] [--overwrite]
+
+The config file defines ``get_config(arg)`` and, for variants that sweep,
+``get_sweep(arg)`` (a list of override dicts, see gradnoise.sweep). Command-line overrides
+apply to the base config; sweep values apply on top. ``--no_sweep`` runs the base config
+alone. Bad input prints one ``error:`` line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gradnoise import experiment as experiment_lib
+from gradnoise import sweep as sweep_lib
+from gradnoise import trainer, workdir as workdir_lib
+from gradnoise.errors import UsageError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, path[:variant].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for config.json, results.csv, metrics.jsonl.")
+flags.DEFINE_bool("no_sweep", False, "Run the base config alone, without its sweep.")
+flags.DEFINE_bool("overwrite", False, "Replace a work dir that holds a different config.")
+
+
+def load_sweep(config_spec: str) -> list[dict[str, Any]]:
+  """Calls ``get_sweep(arg)`` of the config file ``path[:arg]``, or returns []."""
+  path, _, arg = config_spec.partition(":")
+  spec = importlib.util.spec_from_file_location("_gradnoise_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    return []
+  return module.get_sweep(arg) if arg else module.get_sweep()
+
+
+def expand(config, sweep: Sequence[dict[str, Any]]) -> list:
+  """The run configs: base config + each override dict (or the base config alone)."""
+  return [sweep_lib.apply_overrides(config, o) for o in sweep] or [
+      sweep_lib.apply_overrides(config, {})]
+
+
+def validate(runs: Sequence) -> experiment_lib.Experiment:
+  names = {c.experiment for c in runs}
+  if len(names) > 1:
+    raise UsageError(f"config field experiment: one sweep must use one experiment, "
+                     f"got {sorted(names)}.")
+  experiment = experiment_lib.get(names.pop())
+  for config in runs:
+    trainer.validate_common(config)
+    experiment.validate(config)
+  return experiment
+
+
+def group_runs(runs: Sequence, experiment) -> list[list[tuple[int, Any]]]:
+  """Compile groups, in order of first appearance: lists of (run id, config)."""
+  groups: dict[str, list[tuple[int, Any]]] = {}
+  for run_id, config in enumerate(runs):
+    groups.setdefault(trainer.group_key(config, experiment), []).append((run_id, config))
+  return list(groups.values())
+
+
+def data_key(config) -> str:
+  return json.dumps(config.data.to_dict(), sort_keys=True, default=str)
+
+
+def print_plan(runs, groups, datasets, cli_swept: Sequence[str]) -> None:
+  import jax
+  print(f"plan: {len(runs)} runs in {len(groups)} compile group(s); "
+        f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()})")
+  for i, group in enumerate(groups):
+    config = group[0][1]
+    data = datasets[data_key(config)]
+    print(f"  group {i}: {len(group)} runs, {config.num_epochs} epochs x "
+          f"{data.num_train // config.batch_size} steps, batch {config.batch_size}, "
+          f"{min(len(group), config.train.runs_per_batch)} runs at once")
+  for description in dict.fromkeys(d.description for d in datasets.values()):
+    print(f"  data: {description}")
+  if cli_swept:
+    print(f"  note: the sweep sets {', '.join(cli_swept)}; its values replace the command "
+          "line's for those fields")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value.")
+  if FLAGS.workdir is None:
+    raise UsageError("--workdir is required: the directory for the sweep's outputs.")
+  config_spec = config_flags.get_config_filename(FLAGS["config"])
+  config = FLAGS.config
+  sweep = [] if FLAGS.no_sweep else load_sweep(FLAGS["config"].serialize().split("=", 1)[1])
+  runs = expand(config, sweep)
+  experiment = validate(runs)
+  cli_overrides = config_flags.get_override_values(FLAGS["config"])
+  cli_swept = [k for k in sweep_lib.swept_fields(sweep) if k in cli_overrides]
+  record = workdir_lib.sweep_record(config, sweep, config_spec)
+  workdir = workdir_lib.WorkDir(FLAGS.workdir)
+  workdir.check(record, FLAGS.overwrite)
+  groups = group_runs(runs, experiment)
+  datasets = {}
+  for config_i in runs:
+    key = data_key(config_i)
+    if key not in datasets:
+      datasets[key] = experiment.load_data(config_i)
+  print_plan(runs, groups, datasets, cli_swept)
+
+  workdir.start(record)
+  results = {}
+  fields = ["run"] + [f for f in sweep_lib.swept_fields(sweep) if f != "seed"] + ["seed"]
+  for i, group in enumerate(groups):
+    data = datasets[data_key(group[0][1])]
+    results.update(trainer.train_group(experiment, group, data, workdir.append_metrics))
+    workdir.write_results(fields, runs, results)
+  print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with bad flags and config files reported as one line, exit 2."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config  # loads the config file now, so its errors land here
+    return rest
+  except Exception as e:  # noqa: BLE001 - any failure to read flags or config is bad input
+    message = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv: Sequence[str]) -> None:
+  try:
+    main(argv)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def cli() -> None:
+  app.run(_main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,314 @@
+"""The shared trainer: a compile group of runs as one ``jit(vmap(scan(step)))`` per epoch.
+
+Runs that differ only in traced fields (seed, learning rate, noise, clipping and the
+experiment's own ``traced_fields``) share one compiled program; everything else (shapes,
+code) makes a separate compile group. Data stays on the device; each epoch is one call
+that scans over its steps and takes batches by index. Randomness follows common random
+numbers: each run derives separate key streams for init, data order, noise and dropout
+from ``key(seed)``, so runs that differ only in eta share initial weights and batch order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import gradnoise
+from gradnoise.errors import UsageError
+from gradnoise.experiment import Dataset, Experiment
+
+# Key streams, folded into key(seed): DESIGN.md "Randomness".
+STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
+
+# Config fields every experiment may vary inside one compiled program.
+TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "noise.eta", "noise.gamma",
+                         "noise.std", "clip.norm")
+NOISE_SCHEDULES = ("annealed", "constant")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def validate_common(config: ml_collections.ConfigDict) -> None:
+  """Checks the trainer's own fields; raises UsageError naming the field."""
+  def check(name, ok, accepted):
+    if not ok:
+      raise UsageError(f"config field {name}={_get(config, name)!r} is invalid; {accepted}.")
+
+  check("num_epochs", isinstance(config.num_epochs, int) and config.num_epochs >= 1,
+        "accepted: an integer >= 1")
+  check("batch_size", isinstance(config.batch_size, int) and config.batch_size >= 1,
+        "accepted: an integer >= 1")
+  check("seed", isinstance(config.seed, int) and 0 <= config.seed < 2**31,
+        "accepted: an integer in [0, 2^31)")
+  lr = config.optimizer.learning_rate
+  check("optimizer.learning_rate", isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr),
+        "accepted: a finite number > 0")
+  name = config.optimizer.name
+  factory = getattr(optax, name, None) if isinstance(name, str) else None
+  check("optimizer.name", callable(factory) and "learning_rate" in _params(factory),
+        "accepted: the name of an optax optimizer taking learning_rate, e.g. sgd, adam, "
+        "adamw, rmsprop, adagrad, lamb")
+  for field in ("noise.eta", "noise.gamma", "noise.std"):
+    value = _get(config, field)
+    check(field, isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
+          "accepted: a finite number >= 0")
+  check("noise.schedule", config.noise.schedule in NOISE_SCHEDULES,
+        f"accepted: {', '.join(NOISE_SCHEDULES)}")
+  norm = config.clip.norm
+  check("clip.norm", norm is None or (isinstance(norm, (int, float)) and norm > 0),
+        "accepted: None (no clipping) or a number > 0")
+  check("optimizer.decay_factor", 0 < config.optimizer.decay_factor <= 1,
+        "accepted: a number in (0, 1]")
+  check("optimizer.decay_every_epochs", config.optimizer.decay_every_epochs >= 0,
+        "accepted: an integer >= 0 (0 = constant learning rate)")
+  check("train.runs_per_batch", config.train.runs_per_batch >= 1, "accepted: an integer >= 1")
+  check("train.eval_every_epochs", config.train.eval_every_epochs >= 1,
+        "accepted: an integer >= 1")
+
+
+def _params(fn: Callable) -> tuple[str, ...]:
+  import inspect
+  try:
+    return tuple(inspect.signature(fn).parameters)
+  except (TypeError, ValueError):
+    return ()
+
+
+def traced_fields(experiment: Experiment) -> tuple[str, ...]:
+  return TRAINER_TRACED_FIELDS + tuple(experiment.traced_fields)
+
+
+def group_key(config: ml_collections.ConfigDict, experiment: Experiment) -> str:
+  """Identifies the compile group: the config without its traced fields."""
+  flat = _flatten(config.to_dict())
+  for name in traced_fields(experiment):
+    flat.pop(name, None)
+  flat["<code>"] = experiment.code_key(config)
+  return json.dumps(flat, sort_keys=True, default=str)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def run_hparams(config: ml_collections.ConfigDict, experiment: Experiment) -> dict[str, np.ndarray]:
+  """The per-run traced values of ``config``."""
+  hp = {
+      "seed": np.int32(config.seed),
+      "learning_rate": np.float32(config.optimizer.learning_rate),
+      "eta": np.float32(config.noise.eta),
+      "gamma": np.float32(config.noise.gamma),
+      "std": np.float32(config.noise.std),
+      "clip_norm": np.float32(np.inf if config.clip.norm is None else config.clip.norm),
+  }
+  for name, value in experiment.hparams(config).items():
+    hp[name] = np.asarray(value, np.float32)
+  return hp
+
+
+def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
+                   noise_key: jax.Array, steps_per_epoch: int) -> optax.GradientTransformation:
+  """clip -> noise -> optimizer (Neelakantan et al. 2015, sec. 2) from traced values."""
+  learning_rate: Any = hp["learning_rate"]
+  decay_every = config.optimizer.decay_every_epochs * steps_per_epoch
+  if decay_every:
+    learning_rate = optax.exponential_decay(hp["learning_rate"], decay_every,
+                                            config.optimizer.decay_factor, staircase=True)
+  optimizer = getattr(optax, config.optimizer.name)(learning_rate=learning_rate)
+  if config.noise.schedule == "constant":
+    schedule = gradnoise.constant_std(hp["std"])
+    return gradnoise.noisy(optimizer, key=noise_key, schedule=schedule,
+                           clip_norm=hp["clip_norm"], clip_per_leaf=config.clip.per_leaf)
+  return gradnoise.noisy(optimizer, key=noise_key, eta=hp["eta"], gamma=hp["gamma"],
+                         clip_norm=hp["clip_norm"], clip_per_leaf=config.clip.per_leaf)
+
+
+class RunState(NamedTuple):
+  params: Any
+  opt_state: Any
+  diverged: jax.Array  # bool: loss became NaN/Inf; params and optimizer state frozen
+
+
+def _stream(hp: dict[str, jax.Array], stream: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(hp["seed"]), stream)
+
+
+@dataclasses.dataclass
+class GroupProgram:
+  """The compiled functions of one compile group (built once, reused for every batch)."""
+
+  init: Callable
+  train_epoch: Callable
+  evaluate: Callable
+  steps_per_epoch: int
+
+
+def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
+                  num_train: int) -> GroupProgram:
+  """``jit(vmap(...))`` init, train-epoch and evaluation functions for a compile group."""
+  batch_size = config.batch_size
+  steps = num_train // batch_size
+  if steps == 0:
+    raise UsageError(f"config field batch_size={batch_size} is larger than the training "
+                     f"set ({num_train} examples); accepted: at most {num_train}.")
+
+  def init(hp):
+    params = experiment.init_params(_stream(hp, STREAM_INIT), config, hp)
+    tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
+    return RunState(params, tx.init(params), jnp.zeros([], bool))
+
+  def train_epoch(state, hp, train_data, epoch):
+    tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
+    order_key = jax.random.fold_in(_stream(hp, STREAM_DATA), epoch)
+    order = jax.random.permutation(order_key, num_train)[:steps * batch_size]
+    dropout_stream = _stream(hp, STREAM_DROPOUT)
+
+    def step(state, inputs):
+      indices, step_num = inputs
+      batch = {k: v[indices] for k, v in train_data.items()}
+      key = jax.random.fold_in(dropout_stream, step_num)
+      (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
+          state.params, batch, key, hp, config)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      diverged = state.diverged | ~jnp.isfinite(loss)
+      keep = lambda old, new: jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n),
+                                           old, new)
+      new_state = RunState(keep(state.params, params), keep(state.opt_state, opt_state),
+                           diverged)
+      return new_state, {"loss": loss, **aux}
+
+    step_nums = epoch * steps + jnp.arange(steps)
+    state, per_step = jax.lax.scan(step, state, (order.reshape(steps, batch_size), step_nums))
+    metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
+    return state, metrics
+
+  def evaluate(params, hp, eval_data):
+    out = {}
+    for split, arrays in eval_data.items():
+      mask = arrays["_mask"]
+      batches = {k: v for k, v in arrays.items() if k != "_mask"}
+      values = jax.lax.map(lambda b: experiment.eval_fn(params, b, hp, config), batches)
+      for name, v in values.items():
+        out[f"{split}_{name}"] = jnp.sum(v * mask) / jnp.sum(mask)
+    return out
+
+  return GroupProgram(
+      init=jax.jit(jax.vmap(init)),
+      train_epoch=jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None)),
+                          donate_argnums=0),
+      evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None))),
+      steps_per_epoch=steps,
+  )
+
+
+def eval_batches(data: Dataset, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
+  """Each eval split padded to whole batches, shaped [num_batches, batch, ...], with a mask."""
+  out = {}
+  for split, arrays in data.evals.items():
+    n = len(next(iter(arrays.values())))
+    size = min(batch_size, n)
+    num = -(-n // size)
+    padded = {}
+    for k, v in arrays.items():
+      pad = np.zeros((num * size - n,) + v.shape[1:], v.dtype)
+      padded[k] = np.concatenate([v, pad]).reshape((num, size) + v.shape[1:])
+    padded["_mask"] = (np.arange(num * size) < n).astype(np.float32).reshape(num, size)
+    out[split] = padded
+  return out
+
+
+def run_mesh() -> Mesh:
+  """A 1-D mesh over all local devices; the run axis is sharded over it."""
+  return Mesh(np.array(jax.local_devices()), ("runs",))
+
+
+def batches_of_runs(num_runs: int, runs_per_batch: int) -> Iterator[range]:
+  for start in range(0, num_runs, runs_per_batch):
+    yield range(start, min(start + runs_per_batch, num_runs))
+
+
+def stack_hparams(hps: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+  """Stacks per-run values, repeating the last run to pad to ``size`` (a device multiple)."""
+  padded = list(hps) + [hps[-1]] * (size - len(hps))
+  return {k: np.stack([hp[k] for hp in padded]) for k in hps[0]}
+
+
+def padded_size(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def best_of(name: str, values: Sequence[float]) -> float:
+  """Best value of an eval metric over time: max for accuracies, min for errors/losses."""
+  finite = [v for v in values if math.isfinite(v)]
+  if not finite:
+    return float("nan")
+  return min(finite) if ("error" in name or "loss" in name) else max(finite)
+
+
+def train_group(
+    experiment: Experiment,
+    runs: Sequence[tuple[int, ml_collections.ConfigDict]],
+    data: Dataset,
+    on_metrics: Callable[[dict[str, Any]], None],
+    on_epoch: Callable[[int], None] = lambda steps: None,
+) -> dict[int, dict[str, Any]]:
+  """Trains the runs of one compile group; returns run id -> final results.
+
+  ``on_metrics`` gets one row per run and evaluation (run, epoch, step, metrics);
+  ``on_epoch`` gets the number of run-steps done after each epoch (progress).
+  """
+  config = runs[0][1]
+  program = build_program(experiment, config, data.num_train)
+  mesh = run_mesh()
+  run_sharding = NamedSharding(mesh, PartitionSpec("runs"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  train_data = jax.device_put(data.train, replicated)
+  eval_data = jax.device_put(eval_batches(data, config.train.eval_batch_size), replicated)
+  results: dict[int, dict[str, Any]] = {}
+  for batch in batches_of_runs(len(runs), config.train.runs_per_batch):
+    ids = [runs[i][0] for i in batch]
+    hps = [run_hparams(runs[i][1], experiment) for i in batch]
+    hp = jax.device_put(stack_hparams(hps, padded_size(len(hps), mesh.size)), run_sharding)
+    state = program.init(hp)
+    history: dict[str, list[list[float]]] = {}
+    for epoch in range(config.num_epochs):
+      state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
+      last = epoch + 1 == config.num_epochs
+      if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
+        metrics.update(program.evaluate(state.params, hp, eval_data))
+      metrics = jax.device_get(metrics)
+      for i, run_id in enumerate(ids):
+        row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}
+        row.update({k: float(v[i]) for k, v in metrics.items()})
+        on_metrics(row)
+      for k, v in metrics.items():
+        history.setdefault(k, []).append([float(x) for x in v[:len(ids)]])
+      on_epoch(len(ids) * program.steps_per_epoch)
+    diverged = np.asarray(jax.device_get(state.diverged))
+    for i, run_id in enumerate(ids):
+      final = {k: v[-1][i] for k, v in history.items()}
+      best = {f"best_{k}": best_of(k, [h[i] for h in v]) for k, v in history.items()
+              if not k.startswith("train_")}
+      results[run_id] = {**final, **best, "diverged": bool(diverged[i])}
+  return results
