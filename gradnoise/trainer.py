@@ -153,6 +153,17 @@ def _stream(hp: dict[str, jax.Array], stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(hp["seed"]), stream)
 
 
+def batch_order(hp: dict[str, jax.Array], epoch: jax.Array, num_train: int, steps: int,
+                batch_size: int) -> jax.Array:
+  """Example indices [steps, batch_size] of an epoch: a permutation from the data stream.
+
+  Depends only on the seed and the epoch (the remainder of the permutation is dropped).
+  """
+  order_key = jax.random.fold_in(_stream(hp, STREAM_DATA), epoch)
+  order = jax.random.permutation(order_key, num_train)[:steps * batch_size]
+  return order.reshape(steps, batch_size)
+
+
 @dataclasses.dataclass
 class GroupProgram:
   """The compiled functions of one compile group (built once, reused for every batch)."""
@@ -179,8 +190,7 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
 
   def train_epoch(state, hp, train_data, epoch):
     tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
-    order_key = jax.random.fold_in(_stream(hp, STREAM_DATA), epoch)
-    order = jax.random.permutation(order_key, num_train)[:steps * batch_size]
+    order = batch_order(hp, epoch, num_train, steps, batch_size)
     dropout_stream = _stream(hp, STREAM_DROPOUT)
 
     def step(state, inputs):
@@ -199,7 +209,7 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
       return new_state, {"loss": loss, **aux}
 
     step_nums = epoch * steps + jnp.arange(steps)
-    state, per_step = jax.lax.scan(step, state, (order.reshape(steps, batch_size), step_nums))
+    state, per_step = jax.lax.scan(step, state, (order, step_nums))
     metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
     return state, metrics
 

@@ -1,0 +1,140 @@
+"""The shared trainer: sweeps, grouping, vmapped runs, common random numbers, divergence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist_mlp as mnist_configs
+from experiments import mnist_mlp
+from gradnoise import experiment, sweep, trainer
+from gradnoise.errors import UsageError
+from gradnoise.run import group_runs
+
+EXP = mnist_mlp.EXPERIMENT
+
+
+def small_config(**overrides):
+  config = mnist_configs.get_config("quick")
+  config.model.depth, config.model.width = 3, 16
+  config.num_epochs, config.batch_size = 2, 32
+  return sweep.apply_overrides(config, overrides)
+
+
+def synthetic_data(n_train=256, n_test=100, seed=0):
+  """A learnable 10-class problem: the label is the argmax of a fixed projection."""
+  rng = np.random.default_rng(seed)
+  proj = rng.normal(size=(784, 10)).astype(np.float32)
+  x = rng.random((n_train + n_test, 784), dtype=np.float32)
+  y = np.argmax(x @ proj, axis=1).astype(np.int32)
+  return experiment.Dataset(
+      train={"x": x[:n_train], "y": y[:n_train]},
+      evals={"test": {"x": x[n_train:], "y": y[n_train:]}},
+      description="synthetic")
+
+
+def train(configs, data=None, rows=None):
+  runs = list(enumerate(configs))
+  on_metrics = rows.append if rows is not None else (lambda row: None)
+  return trainer.train_group(EXP, runs, data or synthetic_data(), on_metrics)
+
+
+def test_sweep_helpers():
+  assert sweep.seeds(3, start=5) == [{"seed": 5}, {"seed": 6}, {"seed": 7}]
+  grid = sweep.product(sweep.values("a", [1, 2]), sweep.values("b", [3, 4, 5]))
+  assert len(grid) == 6 and grid[1] == {"a": 1, "b": 4}
+  assert sweep.zipped(sweep.values("a", [1, 2]), sweep.values("b", [3, 4])) == [
+      {"a": 1, "b": 3}, {"a": 2, "b": 4}]
+  with pytest.raises(ValueError, match="same length"):
+    sweep.zipped(sweep.values("a", [1]), sweep.values("b", [3, 4]))
+  assert sweep.fixed(clip__norm=10.0) == [{"clip.norm": 10.0}]
+
+
+def test_table1_sweep_is_few_compile_groups():
+  config = mnist_configs.get_config("table1")
+  runs = [sweep.apply_overrides(config, o) for o in mnist_configs.get_sweep("table1")]
+  # 6 settings x 2 learning rates x 2 noise levels x 20 seeds, + dropout 2 x 20.
+  assert len(runs) == 6 * 2 * 2 * 20 + 2 * 20
+  groups = group_runs(runs, EXP)
+  assert sorted(len(g) for g in groups) == [40, 480]  # dropout on / off
+
+
+def test_overrides_reject_unknown_fields_and_wrong_types():
+  config = small_config()
+  with pytest.raises(UsageError, match="unknown config field 'noise.etx'"):
+    sweep.apply_overrides(config, {"noise.etx": 0.1})
+  with pytest.raises(UsageError, match="noise.eta"):
+    sweep.apply_overrides(config, {"noise.eta": "lots"})
+
+
+def test_run_in_batch_equals_run_alone():
+  configs = [small_config(seed=s, **{"noise.eta": eta, "optimizer.learning_rate": lr})
+             for s, eta, lr in [(0, 0.0, 0.1), (1, 0.01, 0.1), (2, 0.3, 0.05), (3, 0.01, 0.01)]]
+  batch = train(configs)
+  alone = train([configs[2]])
+  for name in ("train_loss", "test_loss", "test_accuracy"):
+    np.testing.assert_allclose(batch[2][name], alone[0][name], rtol=1e-5, atol=1e-6)
+
+
+def test_same_config_and_seed_give_identical_metrics():
+  configs = [small_config(seed=3, **{"noise.eta": 0.01})]
+  rows_a, rows_b = [], []
+  train(configs, rows=rows_a)
+  train(configs, rows=rows_b)
+  assert rows_a == rows_b and len(rows_a) == 2
+
+
+def test_noise_and_no_noise_runs_share_init_and_batch_order():
+  data = synthetic_data()
+  configs = [small_config(seed=7, **{"noise.eta": eta}) for eta in (0.0, 0.01)]
+  hps = [trainer.run_hparams(c, EXP) for c in configs]
+  program = trainer.build_program(EXP, configs[0], data.num_train)
+  state = program.init(trainer.stack_hparams(hps, 2))
+  for leaf in jax.tree.leaves(state.params):
+    np.testing.assert_array_equal(leaf[0], leaf[1])
+  orders = [trainer.batch_order(hp, 0, data.num_train, 8, 32) for hp in hps]
+  np.testing.assert_array_equal(orders[0], orders[1])
+  other_seed = trainer.run_hparams(small_config(seed=8), EXP)
+  assert not np.array_equal(orders[0], trainer.batch_order(other_seed, 0, data.num_train, 8, 32))
+  # Different epochs reshuffle.
+  assert not np.array_equal(orders[0], trainer.batch_order(hps[0], 1, data.num_train, 8, 32))
+  # The noisy run's noise differs from run to run only through eta: after one epoch the
+  # runs differ.
+  results = train(configs, data)
+  assert results[0]["train_loss"] != results[1]["train_loss"]
+
+
+def test_diverged_run_is_frozen_and_others_go_on():
+  configs = [small_config(seed=0, **{"optimizer.learning_rate": 1e6, "model.init": "he"}),
+             small_config(seed=1, **{"optimizer.learning_rate": 0.1})]
+  rows = []
+  results = train(configs, rows=rows)
+  assert results[0]["diverged"] and not results[1]["diverged"]
+  alone = train([configs[1]])
+  np.testing.assert_allclose(results[1]["test_loss"], alone[0]["test_loss"], rtol=1e-5)
+  # The frozen run's parameters stop changing: its test loss is the same after epoch 1 and 2.
+  losses = [r["test_loss"] for r in rows if r["run"] == 0]
+  assert losses[0] == losses[1] or np.isnan(losses[0]) and np.isnan(losses[1])
+
+
+def test_training_learns_and_runs_pad_to_devices():
+  config = small_config(seed=0, num_epochs=8, **{"model.init": "he", "noise.eta": 0.0})
+  results = train([config], synthetic_data(n_train=1024))
+  assert results[0]["test_accuracy"] > 0.5  # chance is 0.1
+  assert results[0]["best_test_accuracy"] >= results[0]["test_accuracy"]
+
+
+def test_inits_are_per_layer_stds():
+  config = small_config(**{"model.init": "he"})
+  np.testing.assert_allclose(mnist_mlp.init_stds(config),
+                             np.sqrt(2.0 / np.array([784, 16, 16, 16])), rtol=1e-6)
+  config = small_config(**{"model.init": "sussillo_abbott"})
+  gain = np.sqrt(2.0) * np.exp(1.2 / (16 - 2.4))
+  np.testing.assert_allclose(mnist_mlp.init_stds(config)[1], gain / 4.0, rtol=1e-6)
+  assert np.all(mnist_mlp.init_stds(small_config(**{"model.init": "zero"})) == 0)
+  np.testing.assert_allclose(mnist_mlp.init_stds(small_config()), 0.1)
+
+
+def test_batch_larger_than_data_is_a_usage_error():
+  with pytest.raises(UsageError, match="batch_size=512"):
+    trainer.build_program(EXP, small_config(batch_size=512), 256)
