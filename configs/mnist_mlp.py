@@ -61,6 +61,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   config.train.runs_per_batch = 64  # runs trained at once (bounds memory)
   config.train.eval_every_epochs = 1
   config.train.eval_batch_size = 1000
+  config.train.checkpoint_every_epochs = 5  # 0 = only at the end of each batch of runs
   return config
 
 

@@ -17,11 +17,12 @@ import os
 import sys
 from typing import Any, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gradnoise import experiment as experiment_lib
 from gradnoise import sweep as sweep_lib
+from gradnoise import progress as progress_lib
 from gradnoise import trainer, workdir as workdir_lib
 from gradnoise.errors import UsageError
 
@@ -92,6 +93,25 @@ def print_plan(runs, groups, datasets, cli_swept: Sequence[str]) -> None:
           "line's for those fields")
 
 
+def summary_table(workdir: str, metric: str = "test_accuracy") -> str:
+  """Table 1 style: per setting, best and mean of ``metric`` over seeds, noise beside none."""
+  from gradnoise import report
+  analysis = report.analyze(report.load_runs([workdir]), metric)
+  arms = sorted({a.arm.label for a in analysis.arms}, key=lambda l: l != "no noise")
+  header = ["setting"] + [f"{arm}: {stat}" for arm in arms for stat in ("best", "mean", "runs")]
+  rows = []
+  for setting in analysis.settings:
+    stats = {a.arm.label: a for a in analysis.arms if a.setting is setting}
+    row = [setting.label]
+    for arm in arms:
+      a = stats.get(arm)
+      row += [f"{a.best:.2%}", f"{a.mean:.2%}", str(a.runs)] if a else ["", "", ""]
+    rows.append(row)
+  lines = [f"{metric} over seeds (final):"]
+  lines += ["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows]
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value.")
@@ -115,13 +135,39 @@ def main(argv: Sequence[str]) -> None:
       datasets[key] = experiment.load_data(config_i)
   print_plan(runs, groups, datasets, cli_swept)
 
-  workdir.start(record)
-  results = {}
+  resume = workdir.stored_record() is not None and not FLAGS.overwrite
+  workdir.start(record, resume)
+  results = workdir.read_results() if resume else {}
+  if resume:
+    print(f"resuming in {workdir.path}: {len(results)} of {len(runs)} runs finished")
   fields = ["run"] + [f for f in sweep_lib.swept_fields(sweep) if f != "seed"] + ["seed"]
-  for i, group in enumerate(groups):
-    data = datasets[data_key(group[0][1])]
-    results.update(trainer.train_group(experiment, group, data, workdir.append_metrics))
+  finished = set(results)
+
+  def on_batch_done(batch_results):
+    results.update(batch_results)
     workdir.write_results(fields, runs, results)
+
+  for i, group in enumerate(groups):
+    config = group[0][1]
+    data = datasets[data_key(config)]
+    steps = len(group) * config.num_epochs * (data.num_train // config.batch_size)
+    progress = progress_lib.GroupProgress(f"group {i}", steps,
+                                          min(len(group), config.train.runs_per_batch))
+    tensorboard = workdir_lib.TensorBoardWriter(workdir.file("tensorboard"))
+
+    def on_metrics(row, tensorboard=tensorboard):
+      workdir.append_metrics(row)
+      tensorboard.write(row)
+
+    callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, workdir.truncate_metrics,
+                                       progress.advance)
+    try:
+      trainer.train_group(experiment, group, data, callbacks,
+                          checkpoint_dir=workdir.file("checkpoints"), finished=finished)
+    finally:
+      progress.close()
+      tensorboard.close()
+  print(summary_table(workdir.path))
   print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
 
 
@@ -138,6 +184,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _main(argv: Sequence[str]) -> None:
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   try:
     main(argv)
   except UsageError as e:

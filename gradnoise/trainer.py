@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+import os
+from typing import Any, Callable, Collection, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import gradnoise
+from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
 from gradnoise.experiment import Dataset, Experiment
 
@@ -78,6 +80,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   check("train.runs_per_batch", config.train.runs_per_batch >= 1, "accepted: an integer >= 1")
   check("train.eval_every_epochs", config.train.eval_every_epochs >= 1,
         "accepted: an integer >= 1")
+  check("train.checkpoint_every_epochs", config.train.checkpoint_every_epochs >= 0,
+        "accepted: an integer >= 0 (0 = only at the end)")
 
 
 def _params(fn: Callable) -> tuple[str, ...]:
@@ -276,17 +280,29 @@ def best_of(name: str, values: Sequence[float]) -> float:
   return min(finite) if ("error" in name or "loss" in name) else max(finite)
 
 
+class GroupCallbacks(NamedTuple):
+  """How train_group reports: metric rows, finished batches, restores, progress."""
+
+  on_metrics: Callable[[dict[str, Any]], None]
+  on_batch_done: Callable[[dict[int, dict[str, Any]]], None] = lambda results: None
+  on_restore: Callable[[Sequence[int], int], None] = lambda run_ids, epoch: None
+  on_progress: Callable[[int, dict[str, float]], None] = lambda run_steps, metrics: None
+
+
 def train_group(
     experiment: Experiment,
     runs: Sequence[tuple[int, ml_collections.ConfigDict]],
     data: Dataset,
-    on_metrics: Callable[[dict[str, Any]], None],
-    on_epoch: Callable[[int], None] = lambda steps: None,
+    callbacks: GroupCallbacks,
+    checkpoint_dir: str | None = None,
+    finished: Collection[int] = (),
 ) -> dict[int, dict[str, Any]]:
   """Trains the runs of one compile group; returns run id -> final results.
 
-  ``on_metrics`` gets one row per run and evaluation (run, epoch, step, metrics);
-  ``on_epoch`` gets the number of run-steps done after each epoch (progress).
+  The runs go in batches of ``train.runs_per_batch``, each padded to a multiple of the
+  device count and sharded over the devices. A batch whose runs are all in ``finished`` is
+  skipped. With ``checkpoint_dir``, each batch resumes from its newest checkpoint and saves
+  every ``train.checkpoint_every_epochs`` epochs and at its end.
   """
   config = runs[0][1]
   program = build_program(experiment, config, data.num_train)
@@ -295,14 +311,26 @@ def train_group(
   replicated = NamedSharding(mesh, PartitionSpec())
   train_data = jax.device_put(data.train, replicated)
   eval_data = jax.device_put(eval_batches(data, config.train.eval_batch_size), replicated)
+  every = config.train.checkpoint_every_epochs
   results: dict[int, dict[str, Any]] = {}
   for batch in batches_of_runs(len(runs), config.train.runs_per_batch):
     ids = [runs[i][0] for i in batch]
+    if all(i in finished for i in ids):
+      callbacks.on_progress(len(ids) * config.num_epochs * program.steps_per_epoch, {})
+      continue
     hps = [run_hparams(runs[i][1], experiment) for i in batch]
     hp = jax.device_put(stack_hparams(hps, padded_size(len(hps), mesh.size)), run_sharding)
     state = program.init(hp)
-    history: dict[str, list[list[float]]] = {}
-    for epoch in range(config.num_epochs):
+    start, history = 0, {}
+    checkpoints = None
+    if checkpoint_dir is not None:
+      checkpoints = BatchCheckpoints(os.path.join(checkpoint_dir, f"runs_{ids[0]}-{ids[-1]}"))
+      restored = checkpoints.restore_latest(state)
+      if restored is not None:
+        start, state, history = restored
+      callbacks.on_restore(ids, start)
+    callbacks.on_progress(len(ids) * start * program.steps_per_epoch, {})
+    for epoch in range(start, config.num_epochs):
       state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
@@ -311,14 +339,21 @@ def train_group(
       for i, run_id in enumerate(ids):
         row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}
         row.update({k: float(v[i]) for k, v in metrics.items()})
-        on_metrics(row)
+        callbacks.on_metrics(row)
       for k, v in metrics.items():
         history.setdefault(k, []).append([float(x) for x in v[:len(ids)]])
-      on_epoch(len(ids) * program.steps_per_epoch)
+      if checkpoints is not None and (last or (every and (epoch + 1) % every == 0)):
+        checkpoints.save(epoch + 1, state, history)
+      callbacks.on_progress(len(ids) * program.steps_per_epoch,
+                            {k: float(np.nanmean(v[:len(ids)])) for k, v in metrics.items()
+                             if k in ("train_loss", "test_accuracy", "valid_error")})
     diverged = np.asarray(jax.device_get(state.diverged))
+    batch_results = {}
     for i, run_id in enumerate(ids):
       final = {k: v[-1][i] for k, v in history.items()}
       best = {f"best_{k}": best_of(k, [h[i] for h in v]) for k, v in history.items()
               if not k.startswith("train_")}
-      results[run_id] = {**final, **best, "diverged": bool(diverged[i])}
+      batch_results[run_id] = {**final, **best, "diverged": bool(diverged[i])}
+    callbacks.on_batch_done(batch_results)
+    results.update(batch_results)
   return results

@@ -96,14 +96,44 @@ class WorkDir:
                        f"({stored.get('config_file')}); pass --overwrite to replace it, "
                        "or choose another work dir.")
 
-  def start(self, record: dict[str, Any]) -> None:
-    """Creates the work dir with a fresh config.json, metrics.jsonl and no results."""
+  def start(self, record: dict[str, Any], resume: bool) -> None:
+    """Creates the work dir with config.json; without ``resume``, from scratch."""
+    if not resume:
+      self.remove()
     os.makedirs(self.path, exist_ok=True)
-    for name in (RESULTS_FILE, METRICS_FILE):
-      if os.path.exists(self.file(name)):
-        os.unlink(self.file(name))
     write_atomic(self.file(CONFIG_FILE), json.dumps(record, indent=2, default=str) + "\n")
-    open(self.file(METRICS_FILE), "w").close()
+    if not os.path.exists(self.file(METRICS_FILE)):
+      open(self.file(METRICS_FILE), "w").close()
+
+  def read_results(self) -> dict[int, dict[str, Any]]:
+    """Results of the runs already finished (from results.csv; empty if none)."""
+    path = self.file(RESULTS_FILE)
+    if not os.path.exists(path):
+      return {}
+    with open(path, newline="") as f:
+      rows = list(csv.reader(f))
+    header = rows[0]
+    first_metric = header.index("seed") + 1
+    results = {}
+    for row in rows[1:]:
+      result = {k: float(v) for k, v in zip(header[first_metric:-1], row[first_metric:-1])}
+      result["diverged"] = row[-1] == "true"
+      results[int(row[0])] = result
+    return results
+
+  def truncate_metrics(self, run_ids: Sequence[int], keep_through_epoch: int) -> None:
+    """Drops metric rows of ``run_ids`` after ``keep_through_epoch`` (before a resume)."""
+    ids = set(run_ids)
+    kept = []
+    with open(self.file(METRICS_FILE)) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if row["run"] not in ids or row["epoch"] <= keep_through_epoch:
+          kept.append(line if line.endswith("\n") else line + "\n")
+    write_atomic(self.file(METRICS_FILE), "".join(kept))
 
   def append_metrics(self, row: dict[str, Any]) -> None:
     with open(self.file(METRICS_FILE), "a") as f:
@@ -127,6 +157,31 @@ class WorkDir:
 
   def remove(self) -> None:
     shutil.rmtree(self.path, ignore_errors=True)
+
+
+class TensorBoardWriter:
+  """One TensorBoard event directory per run, ``<workdir>/tensorboard/run_<id>``.
+
+  Uses tensorboardX, which writes event files without TensorFlow.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.writers: dict[int, Any] = {}
+
+  def write(self, row: dict[str, Any]) -> None:
+    from tensorboardX import SummaryWriter
+    run = row["run"]
+    if run not in self.writers:
+      self.writers[run] = SummaryWriter(os.path.join(self.directory, f"run_{run}"))
+    for name, value in row.items():
+      if name not in ("run", "epoch", "step") and math.isfinite(value):
+        self.writers[run].add_scalar(name, value, row["step"])
+
+  def close(self) -> None:
+    for writer in self.writers.values():
+      writer.close()
+    self.writers.clear()
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -36,7 +36,8 @@ def synthetic_data(n_train=256, n_test=100, seed=0):
 def train(configs, data=None, rows=None):
   runs = list(enumerate(configs))
   on_metrics = rows.append if rows is not None else (lambda row: None)
-  return trainer.train_group(EXP, runs, data or synthetic_data(), on_metrics)
+  return trainer.train_group(EXP, runs, data or synthetic_data(),
+                             trainer.GroupCallbacks(on_metrics))
 
 
 def test_sweep_helpers():
