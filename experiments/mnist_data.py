@@ -159,8 +159,8 @@ def _load_shipped() -> MnistData:
     raise UsageError(f"data.source: 'shipped' cannot parse {file}: {e}") from e
   if table.shape != (_SHIPPED_ROWS, 785):
     raise UsageError(
-        f"data.source: 'shipped' expects {file} to hold {_SHIPPED_ROWS} rows of "
-        f"784 pixels and a label, got shape {list(table.shape)}"
+        f"data.source: 'shipped' expects {file} to hold {_SHIPPED_ROWS} rows "
+        f"of 784 pixels and a label, got shape {list(table.shape)}"
     )
   order = np.random.default_rng(_SHIPPED_SEED).permutation(_SHIPPED_ROWS)
   parts = order[:_SHIPPED_TRAIN], order[_SHIPPED_TRAIN:]
@@ -192,6 +192,13 @@ def _load_npz(path: str) -> MnistData:
     raise UsageError(
         f"{corrupt} ({e}); data.source='npz' expects {accepted}"
     ) from e
+  # NpzFile returns the raw bytes of a member that is not an .npy array.
+  broken = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+  if broken:
+    raise UsageError(
+        f"{corrupt} ({', '.join(broken)}: not .npy data); data.source='npz' "
+        f"expects {accepted}"
+    )
   missing = [k for k in _NPZ_KEYS if k not in arrays]
   if missing:
     raise UsageError(

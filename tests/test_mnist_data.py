@@ -1,4 +1,4 @@
-"""Behaviour of experiments.mnist_data.load_mnist for every source and bad input."""
+"""experiments.mnist_data.load_mnist: every source and every bad input."""
 
 import gzip
 import importlib.machinery
@@ -23,6 +23,11 @@ IDX_NAMES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+def at(path):
+  """Regex for the start of an error message about data.path = path."""
+  return rf"data\.path: {re.escape(str(path))}"
 
 
 def digits(n, seed):
@@ -170,7 +175,7 @@ def test_missing_path(source):
 
 def test_npz_missing_file(tmp_path):
   path = tmp_path / "absent.npz"
-  with pytest.raises(UsageError, match=rf"data\.path: {re.escape(str(path))} does not exist"):
+  with pytest.raises(UsageError, match=at(path) + " does not exist"):
     load_mnist("npz", str(path))
 
 
@@ -178,7 +183,7 @@ def test_npz_missing_keys_are_named(tmp_path):
   path = tmp_path / "partial.npz"
   write_npz(path, y_train=None, x_test=None)
   with pytest.raises(
-      UsageError, match=rf"data\.path: {re.escape(str(path))} lacks the arrays y_train, x_test"
+      UsageError, match=at(path) + " lacks the arrays y_train, x_test"
   ):
     load_mnist("npz", str(path))
 
@@ -187,17 +192,20 @@ def test_npz_missing_keys_are_named(tmp_path):
 def test_npz_corrupt(tmp_path, content):
   path = tmp_path / "bad.npz"
   path.write_bytes(content)
-  with pytest.raises(UsageError, match=rf"data\.path: {re.escape(str(path))} is corrupt"):
+  with pytest.raises(UsageError, match=at(path) + " is corrupt"):
     load_mnist("npz", str(path))
 
 
-def test_npz_garbage_member_is_corrupt(tmp_path):
+@pytest.mark.parametrize(
+    "member, message",
+    [(b"not an npy array", r"x_train: not \.npy data"),
+     (b"\x93NUMPY\x01\x00broken header", "header")],
+)
+def test_npz_garbage_member_is_corrupt(tmp_path, member, message):
   path = tmp_path / "member.npz"
   with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("x_train.npy", b"not an npy array")
-  with pytest.raises(
-      UsageError, match=rf"data\.path: {re.escape(str(path))} is corrupt .*npy"
-  ):
+    archive.writestr("x_train.npy", member)
+  with pytest.raises(UsageError, match=at(path) + " is corrupt .*" + message):
     load_mnist("npz", str(path))
 
 
@@ -205,7 +213,7 @@ def test_npz_truncated_zip_is_corrupt(tmp_path):
   path = tmp_path / "cut.npz"
   write_npz(path)
   path.write_bytes(path.read_bytes()[:2000])
-  with pytest.raises(UsageError, match=rf"data\.path: {re.escape(str(path))} is corrupt"):
+  with pytest.raises(UsageError, match=at(path) + " is corrupt"):
     load_mnist("npz", str(path))
 
 
@@ -244,7 +252,7 @@ def test_idx_round_trip(tmp_path, gz):
 
 def test_idx_folder_missing(tmp_path):
   path = tmp_path / "nowhere"
-  with pytest.raises(UsageError, match=rf"data\.path: {re.escape(str(path))} is not a folder"):
+  with pytest.raises(UsageError, match=at(path) + " is not a folder"):
     load_mnist("idx", str(path))
 
 
@@ -331,7 +339,7 @@ def test_tfds_reads_prepared_files_from_data_path(tmp_path):
   """
   tfds = pytest.importorskip("tensorflow_datasets")
   pil_image = pytest.importorskip("PIL.Image")
-  from tensorflow_datasets.image_classification import mnist  # pylint: disable=g-import-not-at-top
+  mnist = pytest.importorskip("tensorflow_datasets.image_classification.mnist")
 
   splits = {"train": digits(15, 4), "test": digits(6, 5)}
 
@@ -385,7 +393,7 @@ def test_tfds_failure_becomes_usage_error(monkeypatch, tmp_path):
   monkeypatch.setattr(tfds, "data_source", offline)
   with pytest.raises(
       UsageError,
-      match=rf"data\.path: {re.escape(str(tmp_path))}: tfds\.data_source\('mnist', "
+      match=at(tmp_path) + r": tfds\.data_source\('mnist', "
       r"data_dir=.*\) failed with ConnectionError: no network",
   ):
     load_mnist("tfds", str(tmp_path))
@@ -400,7 +408,8 @@ def test_real_mnist_npz():
   if not REAL_NPZ.is_file():
     pytest.skip(f"{REAL_NPZ} is absent (reference data outside the repo)")
   data = load_mnist("npz", str(REAL_NPZ))
-  assert data.x_train.shape == (60000, 784) and data.x_test.shape == (10000, 784)
+  assert data.x_train.shape == (60000, 784)
+  assert data.x_test.shape == (10000, 784)
   assert data.y_train.shape == (60000,) and data.y_test.shape == (10000,)
   assert data.x_train.min() == 0.0 and data.x_train.max() == 1.0
   np.testing.assert_array_equal(
