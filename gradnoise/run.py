@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -175,10 +176,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with bad flags and config files reported as one line, exit 2."""
   try:
     rest = FLAGS(argv)
+    if not FLAGS["config"].present:
+      raise UsageError("--config is required: a config file, path[:variant].")
+    path = config_flags.get_config_filename(FLAGS["config"]).partition(":")[0]
+    if not os.path.isfile(path):
+      raise UsageError(f"--config file {path} not found; accepted: a Python file defining "
+                       "get_config(arg), e.g. configs/mnist_mlp.py:quick.")
     FLAGS.config  # loads the config file now, so its errors land here
     return rest
   except Exception as e:  # noqa: BLE001 - any failure to read flags or config is bad input
     message = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
+    if isinstance(e, AttributeError):  # an override names a field the config lacks
+      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+      message = (f"unknown config field among {', '.join(overrides)}: "
+                 + message.replace("\\'", "'"))
+    elif "Traceback" in message:  # config file raised: keep its exception's message
+      message = "--config: " + re.split(r"\w+Error: ", message)[-1]
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 

@@ -70,7 +70,7 @@ def test_no_sweep_runs_base_config_alone(tmp_path):
     (["--config.noise.eta=abc"], "noise.eta"),
     (["--config.optimizer.learning_rate=-0.1"], "optimizer.learning_rate"),
     (["--config.noise.eta=-1.0", "--no_sweep"], "noise.eta"),
-    (["--config.model.init=glorot"], "model.init"),
+    (["--config.model.init=glorot", "--no_sweep"], "model.init"),
     (["--config.optimizer.name=sgdd"], "optimizer.name"),
     (["--config.experiment=resnet"], "experiment"),
     (["--config.data.source=npz", "--config.data.path=/nonexistent/mnist.npz"],
@@ -81,7 +81,9 @@ def test_no_sweep_runs_base_config_alone(tmp_path):
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):
   base = [a for a in SMALL if not (a.startswith("--config=") and any(
       b.startswith("--config=") for b in args))]
-  proc = run_cli(*base, *args, workdir=tmp_path / "wd")
+  config_file = [a for a in args if a.startswith("--config=")]
+  rest = [a for a in args if not a.startswith("--config=")]
+  proc = run_cli(*config_file, *base, *rest, workdir=tmp_path / "wd")
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
