@@ -1,0 +1,141 @@
+"""Run-epochs per second of the 20x50 MNIST MLP: batched trainer vs per-run loops.
+
+Side by side in one process, on full-size MNIST arrays (60000 x 784, random values:
+speed does not depend on the pixel values), batch 128 (468 steps per epoch), SGD 0.1,
+no clipping, noise eta 0.01:
+  - gradnoise trainer, one compile group with 1, 8 and 32 runs (jit(vmap(scan))), one
+    epoch per call, timed after a warm-up epoch;
+  - a plain per-run loop: one jitted optax step per batch, called from Python;
+  - PyTorch eager with the same model and optimizer, if torch is installed.
+Run: ``python benchmarks/sweep_throughput.py [--runs 1,8,32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gradnoise
+from configs import mnist_mlp as mnist_configs
+from experiments import mnist_mlp
+from gradnoise import experiment, sweep, trainer
+
+N_TRAIN, BATCH = 60000, 128
+
+
+def mnist_sized_data() -> experiment.Dataset:
+  rng = np.random.default_rng(0)
+  return experiment.Dataset(
+      train={"x": rng.random((N_TRAIN, 784), dtype=np.float32),
+             "y": rng.integers(0, 10, N_TRAIN).astype(np.int32)},
+      evals={"test": {"x": rng.random((1000, 784), dtype=np.float32),
+                      "y": rng.integers(0, 10, 1000).astype(np.int32)}},
+      description="random MNIST-sized arrays")
+
+
+def base_config():
+  config = mnist_configs.get_config("table1")
+  return sweep.apply_overrides(config, {"model.init": "he", "noise.eta": 0.01})
+
+
+def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset) -> float:
+  config = base_config()
+  program = trainer.build_program(mnist_mlp.EXPERIMENT, config, data.num_train)
+  hps = [trainer.run_hparams(sweep.apply_overrides(config, {"seed": s}), mnist_mlp.EXPERIMENT)
+         for s in range(num_runs)]
+  hp = trainer.stack_hparams(hps, num_runs)
+  train = jax.device_put(data.train)
+  state = program.init(hp)
+  state, _ = program.train_epoch(state, hp, train, np.int32(0))  # compile + warm up
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  state, metrics = program.train_epoch(state, hp, train, np.int32(1))
+  jax.block_until_ready((state, metrics))
+  return (time.perf_counter() - start) / num_runs
+
+
+def per_run_loop_seconds_per_run_epoch(data: experiment.Dataset) -> float:
+  config = base_config()
+  hp = trainer.run_hparams(config, mnist_mlp.EXPERIMENT)
+  params = mnist_mlp.init_params(jax.random.key(0), config, hp)
+  tx = gradnoise.noisy(optax.sgd(0.1), eta=0.01, key=jax.random.key(1))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    grads = jax.grad(lambda p: mnist_mlp.loss_fn(p, {"x": x, "y": y}, None, hp, config)[0])(
+        params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  x, y = jax.device_put(data.train["x"]), jax.device_put(data.train["y"])
+  order = np.random.default_rng(0).permutation(N_TRAIN)
+  steps = N_TRAIN // BATCH
+  params, opt_state = step(params, opt_state, x[:BATCH], y[:BATCH])  # compile
+  jax.block_until_ready(params)
+  start = time.perf_counter()
+  for i in range(steps):
+    idx = order[i * BATCH:(i + 1) * BATCH]
+    params, opt_state = step(params, opt_state, x[idx], y[idx])
+  jax.block_until_ready(params)
+  return time.perf_counter() - start
+
+
+def torch_seconds_per_run_epoch(data: experiment.Dataset) -> float | None:
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  layers = []
+  sizes = [784] + [50] * 20 + [10]
+  for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+    layers.append(torch.nn.Linear(m, n))
+    if i < len(sizes) - 2:
+      layers.append(torch.nn.ReLU())
+  model = torch.nn.Sequential(*layers)
+  opt = torch.optim.SGD(model.parameters(), lr=0.1)
+  x, y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"]).long()
+  order = torch.randperm(N_TRAIN)
+  start = time.perf_counter()
+  for i in range(N_TRAIN // BATCH):
+    idx = order[i * BATCH:(i + 1) * BATCH]
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+    loss.backward()
+    with torch.no_grad():  # the same annealed noise, sigma_0^2 = 0.01
+      for p in model.parameters():
+        p.grad.add_(torch.randn_like(p.grad) * 0.1)
+    opt.step()
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", default="1,8,32", help="comma list of runs per group")
+  args = parser.parse_args()
+  data = mnist_sized_data()
+  figures = {}
+  for n in [int(r) for r in args.runs.split(",")]:
+    figures[f"gradnoise trainer, {n} runs"] = trainer_seconds_per_run_epoch(n, data)
+  figures["per-run loop of jitted steps"] = per_run_loop_seconds_per_run_epoch(data)
+  torch_time = torch_seconds_per_run_epoch(data)
+  if torch_time is not None:
+    figures["PyTorch eager"] = torch_time
+  print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}"
+        f", jax {jax.__version__}")
+  reference = figures.get("PyTorch eager", figures["per-run loop of jitted steps"])
+  name = "PyTorch eager" if torch_time is not None else "per-run loop"
+  print(f"{'variant':34s} {'s/run-epoch':>11s} {'run-epochs/s':>12s} {'vs ' + name:>18s}")
+  for variant, seconds in figures.items():
+    print(f"{variant:34s} {seconds:11.3f} {1 / seconds:12.2f} {reference / seconds:17.2f}x")
+
+
+if __name__ == "__main__":
+  main()
