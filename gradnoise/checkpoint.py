@@ -37,6 +37,10 @@ def _to_storable(state: Any) -> Any:
 
 
 def _digest(storable: Any) -> str:
+  """SHA-256 of the full values (gathered from all processes)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    storable = multihost_utils.process_allgather(storable, tiled=True)
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(storable):
     arr = np.asarray(jax.device_get(leaf))

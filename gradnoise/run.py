@@ -33,6 +33,29 @@ config_flags.DEFINE_config_file("config", None, "Config file, path[:variant].",
 flags.DEFINE_string("workdir", None, "Directory for config.json, results.csv, metrics.jsonl.")
 flags.DEFINE_bool("no_sweep", False, "Run the base config alone, without its sweep.")
 flags.DEFINE_bool("overwrite", False, "Replace a work dir that holds a different config.")
+flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize() "
+                  "with its cluster auto-detection (SLURM, Open MPI, Cloud TPU, "
+                  "JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.")
+
+
+def init_distributed() -> None:
+  """Starts JAX's multi-controller runtime when asked to (before any computation)."""
+  explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if not FLAGS.distributed and all(v is None for v in explicit):
+    return
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
+  jax.distributed.initialize(*explicit)
+
+
+def barrier(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def load_sweep(config_spec: str) -> list[dict[str, Any]]:
@@ -118,6 +141,9 @@ def main(argv: Sequence[str]) -> None:
     raise UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value.")
   if FLAGS.workdir is None:
     raise UsageError("--workdir is required: the directory for the sweep's outputs.")
+  init_distributed()
+  import jax
+  primary = jax.process_index() == 0
   config_spec = config_flags.get_config_filename(FLAGS["config"])
   config = FLAGS.config
   sweep = [] if FLAGS.no_sweep else load_sweep(FLAGS["config"].serialize().split("=", 1)[1])
@@ -134,33 +160,44 @@ def main(argv: Sequence[str]) -> None:
     key = data_key(config_i)
     if key not in datasets:
       datasets[key] = experiment.load_data(config_i)
-  print_plan(runs, groups, datasets, cli_swept)
+  if primary:
+    print_plan(runs, groups, datasets, cli_swept)
 
   resume = workdir.stored_record() is not None and not FLAGS.overwrite
-  workdir.start(record, resume)
+  barrier("gradnoise:checked")
+  if primary:
+    workdir.start(record, resume)
+  barrier("gradnoise:started")
   results = workdir.read_results() if resume else {}
-  if resume:
+  if resume and primary:
     print(f"resuming in {workdir.path}: {len(results)} of {len(runs)} runs finished")
   fields = ["run"] + [f for f in sweep_lib.swept_fields(sweep) if f != "seed"] + ["seed"]
   finished = set(results)
 
   def on_batch_done(batch_results):
     results.update(batch_results)
-    workdir.write_results(fields, runs, results)
+    if primary:
+      workdir.write_results(fields, runs, results)
 
   for i, group in enumerate(groups):
     config = group[0][1]
     data = datasets[data_key(config)]
     steps = len(group) * config.num_epochs * (data.num_train // config.batch_size)
-    progress = progress_lib.GroupProgress(f"group {i}", steps,
-                                          min(len(group), config.train.runs_per_batch))
+    progress = progress_lib.GroupProgress(
+        f"group {i}", steps, min(len(group), config.train.runs_per_batch),
+        stream=None if primary else open(os.devnull, "w"))
     tensorboard = workdir_lib.TensorBoardWriter(workdir.file("tensorboard"))
 
     def on_metrics(row, tensorboard=tensorboard):
-      workdir.append_metrics(row)
-      tensorboard.write(row)
+      if primary:
+        workdir.append_metrics(row)
+        tensorboard.write(row)
 
-    callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, workdir.truncate_metrics,
+    def on_restore(run_ids, epoch):
+      if primary:
+        workdir.truncate_metrics(run_ids, epoch)
+
+    callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, on_restore,
                                        progress.advance)
     try:
       trainer.train_group(experiment, group, data, callbacks,
@@ -168,8 +205,10 @@ def main(argv: Sequence[str]) -> None:
     finally:
       progress.close()
       tensorboard.close()
-  print(summary_table(workdir.path))
-  print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
+  if primary:
+    print(summary_table(workdir.path))
+    print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
+  barrier("gradnoise:done")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

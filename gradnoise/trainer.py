@@ -253,8 +253,26 @@ def eval_batches(data: Dataset, batch_size: int) -> dict[str, dict[str, np.ndarr
 
 
 def run_mesh() -> Mesh:
-  """A 1-D mesh over all local devices; the run axis is sharded over it."""
-  return Mesh(np.array(jax.local_devices()), ("runs",))
+  """A 1-D mesh over all devices of all processes; the run axis is sharded over it."""
+  return Mesh(np.array(jax.devices()), ("runs",))
+
+
+def to_global(tree: Any, sharding: NamedSharding) -> Any:
+  """Numpy arrays (the same full values on every process) as global jax.Arrays.
+
+  Each process transfers only the slices its own devices hold.
+  """
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index]),
+      tree)
+
+
+def fetch(tree: Any) -> Any:
+  """Global arrays as numpy on every process (gathered across processes if needed)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def batches_of_runs(num_runs: int, runs_per_batch: int) -> Iterator[range]:
@@ -309,8 +327,8 @@ def train_group(
   mesh = run_mesh()
   run_sharding = NamedSharding(mesh, PartitionSpec("runs"))
   replicated = NamedSharding(mesh, PartitionSpec())
-  train_data = jax.device_put(data.train, replicated)
-  eval_data = jax.device_put(eval_batches(data, config.train.eval_batch_size), replicated)
+  train_data = to_global(data.train, replicated)
+  eval_data = to_global(eval_batches(data, config.train.eval_batch_size), replicated)
   every = config.train.checkpoint_every_epochs
   results: dict[int, dict[str, Any]] = {}
   for batch in batches_of_runs(len(runs), config.train.runs_per_batch):
@@ -319,7 +337,7 @@ def train_group(
       callbacks.on_progress(len(ids) * config.num_epochs * program.steps_per_epoch, {})
       continue
     hps = [run_hparams(runs[i][1], experiment) for i in batch]
-    hp = jax.device_put(stack_hparams(hps, padded_size(len(hps), mesh.size)), run_sharding)
+    hp = to_global(stack_hparams(hps, padded_size(len(hps), mesh.size)), run_sharding)
     state = program.init(hp)
     start, history = 0, {}
     checkpoints = None
@@ -335,7 +353,7 @@ def train_group(
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
         metrics.update(program.evaluate(state.params, hp, eval_data))
-      metrics = jax.device_get(metrics)
+      metrics = fetch(metrics)
       for i, run_id in enumerate(ids):
         row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}
         row.update({k: float(v[i]) for k, v in metrics.items()})
@@ -347,7 +365,7 @@ def train_group(
       callbacks.on_progress(len(ids) * program.steps_per_epoch,
                             {k: float(np.nanmean(v[:len(ids)])) for k, v in metrics.items()
                              if k in ("train_loss", "test_accuracy", "valid_error")})
-    diverged = np.asarray(jax.device_get(state.diverged))
+    diverged = np.asarray(fetch(state.diverged))
     batch_results = {}
     for i, run_id in enumerate(ids):
       final = {k: v[-1][i] for k, v in history.items()}

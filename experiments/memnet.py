@@ -1,0 +1,209 @@
+"""Experiment 2 of Neelakantan et al. (2015): End-To-End Memory Networks on bAbI (Table 2).
+
+The model of Sukhbaatar et al. (2015), "End-To-End Memory Networks", arXiv:1503.08895, as
+their reference code (``MemN2N-babi-matlab``) builds it for bAbI:
+
+* K hops (3), embedding d (20), adjacent weight tying (sec. 2.2): matrices E_0..E_K with
+  B = A^1 = E_0, C^k = A^{k+1} = E_k, answer W^T = C^K = E_K; logits over all E_K rows.
+* Position encoding (sec. 4.1): a sentence is sum_j l_j * A x_j. ``reference`` uses the
+  code's l_kj = 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (d J); ``paper`` the printed
+  l_kj = (1 - j/J) - (k/d)(1 - 2j/J), which is half of it with centres d/2, J/2.
+  J is the padded sentence length + 1.
+* Temporal encoding (sec. 4.1): memory slot i holds a "time word" at position J whose
+  embedding rows (vocabulary + i - 1) are T_A / T_C, tied like the rest of each matrix.
+* Random noise (sec. 4.1, "RN"): in training, time indices are a sorted random subset of
+  1..n + b, b ~ U{0..ceil(rate n)} for n memories: empty memories at random times.
+* Softmax attention over the non-empty memories, or linear attention (no softmax) during
+  the first ``model.linear_start_epochs`` epochs ("linear start", sec. 4.2), continuing
+  from those weights; the choice is a traced function of the epoch, so one-stage and
+  two-stage runs share one compiled program.
+* The empty word (id 0) has a zero embedding in every matrix (the reference zeroes it
+  after each update); weights are N(0, init_std^2), 0.1 in the reference.
+
+The training loss is the *sum* of the batch's cross-entropies (the reference's
+``size_average = false``), so its learning rate 0.005, per-matrix clipping at 40 and the
+noise eta 1.0 keep their meaning. Runs select their task with the traced ``data.task``
+from the tasks loaded together (``data.tasks``), stacked on the Dataset's task axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import babi_data
+from gradnoise import experiment
+from gradnoise.errors import UsageError
+
+POSITION_ENCODINGS = ("reference", "paper")
+MASKED_SCORE = -1e30  # attention score of an empty memory slot under softmax
+
+
+def position_encoding(length: int, dim: int, kind: str = "reference") -> np.ndarray:
+  """l[j-1, k-1] for word position j = 1..J and embedding index k = 1..d (see module doc)."""
+  j = np.arange(1, length + 1, dtype=np.float64)[:, None]
+  k = np.arange(1, dim + 1, dtype=np.float64)[None, :]
+  if kind == "paper":
+    enc = (1 - j / length) - (k / dim) * (1 - 2 * j / length)
+  else:
+    enc = 1 + 4 * (k - (dim + 1) / 2) * (j - (length + 1) / 2) / (dim * length)
+  return enc.astype(np.float32)
+
+
+def memory_times(present: jax.Array, key: jax.Array | None = None,
+                 rate: jax.Array | float = 0.0) -> jax.Array:
+  """Time index (1 = most recent) of each memory slot [B, M], slot 0 most recent.
+
+  Without a key: slot i has time i + 1. With a key, random noise as the reference
+  (``train.m``, ``randomize_time``): for n memories, the times are the sorted draw of n
+  distinct values from 1..n + b, b ~ U{0..ceil(rate n)}, capped at M.
+  """
+  batch, size = present.shape
+  slots = jnp.arange(size)
+  if key is None:
+    return jnp.broadcast_to(slots + 1, (batch, size))
+  n = jnp.sum(present, -1)
+  blank_key, order_key = jax.random.split(key)
+  blanks = jax.random.randint(blank_key, (batch,), 0, jnp.ceil(rate * n).astype(jnp.int32) + 1)
+  span = 2 * size  # n + b <= 2 M for rate <= 1
+  scores = jax.random.uniform(order_key, (batch, span))
+  scores = jnp.where(jnp.arange(span) < (n + blanks)[:, None], scores, 2.0)
+  chosen = jnp.argsort(scores, -1)[:, :size]  # first n: a random n-subset of 0..n+b-1
+  chosen = jnp.where(slots < n[:, None], chosen, span)
+  return jnp.minimum(jnp.sort(chosen, -1) + 1, size)
+
+
+def _nil_zeroed(matrix: jax.Array) -> jax.Array:
+  return matrix.at[0].set(0.0)
+
+
+def apply(params: list[jax.Array], stories: jax.Array, queries: jax.Array, times: jax.Array,
+          use_softmax: jax.Array | bool, config: ml_collections.ConfigDict) -> jax.Array:
+  """Answer logits [B, rows] for stories [B, M, S], queries [B, S] and times [B, M]."""
+  hops = len(params) - 1
+  size, length = stories.shape[1:]
+  present = jnp.any(stories > 0, -1)
+  first_time_word = params[0].shape[0] - size
+  time_words = jnp.where(present, first_time_word + times - 1, 0)
+  memory_words = jnp.concatenate([stories, time_words[..., None]], -1)
+  enc = position_encoding(length + 1, params[0].shape[1], config.model.position_encoding)
+  matrices = [_nil_zeroed(m) for m in params]
+  u = jnp.sum(matrices[0][queries] * enc[:length], -2)
+  memories = [jnp.sum(m[memory_words] * enc, -2) for m in matrices]  # E_k x: [B, M, d]
+  for hop in range(hops):
+    scores = jnp.einsum("bmd,bd->bm", memories[hop], u)
+    soft = jax.nn.softmax(jnp.where(present, scores, MASKED_SCORE), -1)
+    weights = jnp.where(use_softmax, soft, scores)
+    u = u + jnp.einsum("bm,bmd->bd", weights, memories[hop + 1])
+  return u @ matrices[hops].T
+
+
+def _use_softmax(hp) -> jax.Array:
+  return hp["epoch"] >= hp["linear_start_epochs"]
+
+
+def loss_fn(params, batch, key, hp, config):
+  """Summed cross-entropy of the batch (reference), with random-noise time indices."""
+  present = jnp.any(batch["stories"] > 0, -1)
+  times = memory_times(present, key, hp["random_time"])
+  logits = apply(params, batch["stories"], batch["queries"], times, _use_softmax(hp), config)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["answers"]).sum()
+  error = jnp.mean(jnp.argmax(logits, -1) != batch["answers"])
+  return loss, {"error": error}
+
+
+def eval_fn(params, batch, hp, config):
+  times = memory_times(jnp.any(batch["stories"] > 0, -1))
+  logits = apply(params, batch["stories"], batch["queries"], times, _use_softmax(hp), config)
+  return {
+      "error": (jnp.argmax(logits, -1) != batch["answers"]).astype(jnp.float32),
+      "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["answers"]),
+  }
+
+
+@functools.lru_cache(maxsize=1)
+def _load(path: str | None, babi_set: str, tasks: tuple[int, ...],
+          memory_size: int) -> babi_data.BabiData:
+  return babi_data.load_babi(path, babi_set, tasks, memory_size)
+
+
+def _data(config: ml_collections.ConfigDict) -> babi_data.BabiData:
+  d = config.data
+  return _load(d.path, d.babi_set, tuple(d.tasks), d.memory_size)
+
+
+def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
+  data = _data(config)
+  return experiment.Dataset(
+      train=data.splits["train"],
+      evals={"valid": data.splits["valid"], "test": data.splits["test"]},
+      description=data.description,
+      num_tasks=len(data.tasks),
+  )
+
+
+def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp) -> list[jax.Array]:
+  """E_0..E_K, each [vocabulary + memory size, d] ~ N(0, init_std^2)."""
+  data = _data(config)
+  shape = (len(data.vocab) + data.memory_size, config.model.embedding_dim)
+  return [jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32) * hp["init_std"]
+          for i in range(config.model.hops + 1)]
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+  return {
+      "task": list(config.data.tasks).index(config.data.task),
+      "linear_start_epochs": config.model.linear_start_epochs,
+      "init_std": config.model.init_std,
+      "random_time": config.model.random_time,
+  }
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  model, data = config.model, config.data
+
+  def check(name, value, ok, accepted):
+    if not ok:
+      raise UsageError(f"config field {name}={value!r} is invalid; accepted: {accepted}.")
+
+  def check_int(name, value, low):
+    check(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= low,
+          f"an integer >= {low}")
+
+  check_int("model.hops", model.hops, 1)
+  check_int("model.embedding_dim", model.embedding_dim, 1)
+  check_int("model.linear_start_epochs", model.linear_start_epochs, 0)
+  check_int("data.memory_size", data.memory_size, 1)
+  check("model.init_std", model.init_std,
+        isinstance(model.init_std, (int, float)) and 0 <= model.init_std < math.inf,
+        "a finite number >= 0")
+  check("model.random_time", model.random_time,
+        isinstance(model.random_time, (int, float)) and 0 <= model.random_time <= 1,
+        "a number in [0, 1]")
+  check("model.position_encoding", model.position_encoding,
+        model.position_encoding in POSITION_ENCODINGS, ", ".join(POSITION_ENCODINGS))
+  check("data.babi_set", data.babi_set, data.babi_set in babi_data.BABI_SETS,
+        ", ".join(babi_data.BABI_SETS))
+  tasks = list(data.tasks)
+  check("data.tasks", tasks, tasks and len(set(tasks)) == len(tasks)
+        and all(t in babi_data.TASKS for t in tasks), "distinct task ids from 1 to 20")
+  check("data.task", data.task, data.task in tasks, f"one of data.tasks {tasks}")
+
+
+EXPERIMENT = experiment.register(experiment.Experiment(
+    name="memnet",
+    traced_fields=("data.task", "model.linear_start_epochs", "model.init_std",
+                   "model.random_time"),
+    validate=validate,
+    load_data=load_data,
+    hparams=hparams,
+    init_params=init_params,
+    loss_fn=loss_fn,
+    eval_fn=eval_fn,
+))
