@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 import gradnoise
 from configs import mnist_mlp as mnist_configs
@@ -49,8 +50,10 @@ def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset) -> fl
   program = trainer.build_program(mnist_mlp.EXPERIMENT, config, data.num_train)
   hps = [trainer.run_hparams(sweep.apply_overrides(config, {"seed": s}), mnist_mlp.EXPERIMENT)
          for s in range(num_runs)]
-  hp = trainer.stack_hparams(hps, num_runs)
-  train = jax.device_put(data.train)
+  mesh = trainer.run_mesh()
+  hp = trainer.to_global(trainer.stack_hparams(hps, trainer.padded_size(num_runs, mesh.size)),
+                         NamedSharding(mesh, PartitionSpec("runs")))
+  train = trainer.to_global(data.train, NamedSharding(mesh, PartitionSpec()))
   state = program.init(hp)
   state, _ = program.train_epoch(state, hp, train, np.int32(0))  # compile + warm up
   jax.block_until_ready(state)
@@ -119,20 +122,24 @@ def torch_seconds_per_run_epoch(data: experiment.Dataset) -> float | None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", default="1,8,32", help="comma list of runs per group")
+  parser.add_argument("--trainer_only", action="store_true",
+                      help="skip the per-run loop and PyTorch baselines")
   args = parser.parse_args()
   data = mnist_sized_data()
   figures = {}
   for n in [int(r) for r in args.runs.split(",")]:
     figures[f"gradnoise trainer, {n} runs"] = trainer_seconds_per_run_epoch(n, data)
-  figures["per-run loop of jitted steps"] = per_run_loop_seconds_per_run_epoch(data)
-  torch_time = torch_seconds_per_run_epoch(data)
+  if not args.trainer_only:
+    figures["per-run loop of jitted steps"] = per_run_loop_seconds_per_run_epoch(data)
+  torch_time = None if args.trainer_only else torch_seconds_per_run_epoch(data)
   if torch_time is not None:
     figures["PyTorch eager"] = torch_time
   print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}"
         f", jax {jax.__version__}")
-  reference = figures.get("PyTorch eager", figures["per-run loop of jitted steps"])
-  name = "PyTorch eager" if torch_time is not None else "per-run loop"
-  print(f"{'variant':34s} {'s/run-epoch':>11s} {'run-epochs/s':>12s} {'vs ' + name:>18s}")
+  name = next((n for n in ("PyTorch eager", "per-run loop of jitted steps") if n in figures),
+              next(iter(figures)))
+  reference = figures[name]
+  print(f"{'variant':34s} {'s/run-epoch':>11s} {'run-epochs/s':>12s} {'vs ' + name[:14]:>18s}")
   for variant, seconds in figures.items():
     print(f"{variant:34s} {seconds:11.3f} {1 / seconds:12.2f} {reference / seconds:17.2f}x")
 

@@ -66,7 +66,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data.memory_size = 50
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = 80 if arg == "table2" else 20
+  config.train.runs_per_batch = 80 if arg == "table2" else 24
   config.train.eval_every_epochs = 5
   config.train.eval_batch_size = 500
   config.train.checkpoint_every_epochs = 25
