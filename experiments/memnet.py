@@ -15,8 +15,8 @@ their reference code (``MemN2N-babi-matlab``) builds it for bAbI:
   1..n + b, b ~ U{0..ceil(rate n)} for n memories: empty memories at random times.
 * Softmax attention over the non-empty memories, or linear attention (no softmax) during
   the first ``model.linear_start_epochs`` epochs ("linear start", sec. 4.2), continuing
-  from those weights; the choice is a traced function of the epoch, so one-stage and
-  two-stage runs share one compiled program.
+  from those weights; the choice is a traced function of the epoch (``hp["epoch"]``, set
+  by the trainer), so one-stage and two-stage runs share one compiled program.
 * The empty word (id 0) has a zero embedding in every matrix (the reference zeroes it
   after each update); weights are N(0, init_std^2), 0.1 in the reference.
 
@@ -40,6 +40,10 @@ import optax
 from experiments import babi_data
 from gradnoise import experiment
 from gradnoise.errors import UsageError
+
+Params = list[jax.Array]
+Batch = dict[str, jax.Array]
+HParams = dict[str, jax.Array]
 
 POSITION_ENCODINGS = ("reference", "paper")
 MASKED_SCORE = -1e30  # attention score of an empty memory slot under softmax
@@ -83,7 +87,7 @@ def _nil_zeroed(matrix: jax.Array) -> jax.Array:
   return matrix.at[0].set(0.0)
 
 
-def apply(params: list[jax.Array], stories: jax.Array, queries: jax.Array, times: jax.Array,
+def apply(params: Params, stories: jax.Array, queries: jax.Array, times: jax.Array,
           use_softmax: jax.Array | bool, config: ml_collections.ConfigDict) -> jax.Array:
   """Answer logits [B, rows] for stories [B, M, S], queries [B, S] and times [B, M]."""
   hops = len(params) - 1
@@ -104,11 +108,12 @@ def apply(params: list[jax.Array], stories: jax.Array, queries: jax.Array, times
   return u @ matrices[hops].T
 
 
-def _use_softmax(hp) -> jax.Array:
+def _use_softmax(hp: HParams) -> jax.Array:
   return hp["epoch"] >= hp["linear_start_epochs"]
 
 
-def loss_fn(params, batch, key, hp, config):
+def loss_fn(params: Params, batch: Batch, key: jax.Array, hp: HParams,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed cross-entropy of the batch (reference), with random-noise time indices."""
   present = jnp.any(batch["stories"] > 0, -1)
   times = memory_times(present, key, hp["random_time"])
@@ -118,7 +123,8 @@ def loss_fn(params, batch, key, hp, config):
   return loss, {"error": error}
 
 
-def eval_fn(params, batch, hp, config):
+def eval_fn(params: Params, batch: Batch, hp: HParams,
+            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   times = memory_times(jnp.any(batch["stories"] > 0, -1))
   logits = apply(params, batch["stories"], batch["queries"], times, _use_softmax(hp), config)
   return {
@@ -148,7 +154,7 @@ def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
   )
 
 
-def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp) -> list[jax.Array]:
+def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp: HParams) -> Params:
   """E_0..E_K, each [vocabulary + memory size, d] ~ N(0, init_std^2)."""
   data = _data(config)
   shape = (len(data.vocab) + data.memory_size, config.model.embedding_dim)
@@ -206,4 +212,5 @@ EXPERIMENT = experiment.register(experiment.Experiment(
     init_params=init_params,
     loss_fn=loss_fn,
     eval_fn=eval_fn,
+    summary_metric="test_error",
 ))

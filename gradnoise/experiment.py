@@ -30,15 +30,19 @@ class Dataset:
     train: arrays with a leading example axis; batches are taken by index.
     evals: split name -> arrays with a leading example axis (e.g. ``{"test": {...}}``).
     description: one line for the run plan (source, sizes).
+    num_tasks: 0, or the size of a leading task axis of every array ([tasks, N, ...]):
+      several data sets of equal sizes, of which each run trains and evaluates on the one
+      its traced hparam ``task`` selects.
   """
 
   train: dict[str, np.ndarray]
   evals: dict[str, dict[str, np.ndarray]]
   description: str
+  num_tasks: int = 0
 
   @property
   def num_train(self) -> int:
-    return len(next(iter(self.train.values())))
+    return next(iter(self.train.values())).shape[1 if self.num_tasks else 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +61,13 @@ class Experiment:
       shapes).
     init_params: ``(key, config, hp) -> params``.
     loss_fn: ``(params, batch, key, hp, config) -> (loss, {metric: value})`` for training
-      (the key drives dropout and other training randomness).
+      (the key drives dropout and other training randomness). ``hp["epoch"]`` is the
+      0-based epoch being trained (int32), in ``eval_fn`` the last epoch trained.
     eval_fn: ``(params, batch, hp, config) -> {metric: per-example values [B]}``; the
       trainer averages them over each eval split and names them ``<split>_<metric>``.
     code_key: ``config -> JSON-able value`` for choices a traced field implies about the
       code (e.g. dropout on or off); runs with different values compile separately.
+    summary_metric: the results.csv column of the end-of-sweep summary table.
   """
 
   name: str
@@ -73,6 +79,7 @@ class Experiment:
   loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   eval_fn: Callable[..., dict[str, jax.Array]]
   code_key: Callable[[Config], Any] = lambda config: None
+  summary_metric: str = "test_accuracy"
 
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -95,18 +95,21 @@ def group_runs(runs: Sequence, experiment) -> list[list[tuple[int, Any]]]:
   return list(groups.values())
 
 
-def data_key(config) -> str:
-  return json.dumps(config.data.to_dict(), sort_keys=True, default=str)
+def data_key(config, experiment) -> str:
+  """Runs with equal keys share one loaded data set (traced data fields left out)."""
+  traced = set(trainer.traced_fields(experiment))
+  data = {k: v for k, v in config.data.to_dict().items() if f"data.{k}" not in traced}
+  return json.dumps(data, sort_keys=True, default=str)
 
 
-def print_plan(runs, groups, datasets, cli_swept: Sequence[str]) -> None:
+def print_plan(runs, groups, datasets, cli_swept: Sequence[str], experiment) -> None:
   import jax
   print(f"plan: {len(runs)} runs in {len(groups)} compile group(s); "
         f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
         f"({jax.default_backend()})")
   for i, group in enumerate(groups):
     config = group[0][1]
-    data = datasets[data_key(config)]
+    data = datasets[data_key(config, experiment)]
     print(f"  group {i}: {len(group)} runs, {config.num_epochs} epochs x "
           f"{data.num_train // config.batch_size} steps, batch {config.batch_size}, "
           f"{min(len(group), config.train.runs_per_batch)} runs at once")
@@ -157,11 +160,11 @@ def main(argv: Sequence[str]) -> None:
   groups = group_runs(runs, experiment)
   datasets = {}
   for config_i in runs:
-    key = data_key(config_i)
+    key = data_key(config_i, experiment)
     if key not in datasets:
       datasets[key] = experiment.load_data(config_i)
   if primary:
-    print_plan(runs, groups, datasets, cli_swept)
+    print_plan(runs, groups, datasets, cli_swept, experiment)
 
   resume = workdir.stored_record() is not None and not FLAGS.overwrite
   barrier("gradnoise:checked")
@@ -181,7 +184,7 @@ def main(argv: Sequence[str]) -> None:
 
   for i, group in enumerate(groups):
     config = group[0][1]
-    data = datasets[data_key(config)]
+    data = datasets[data_key(config, experiment)]
     steps = len(group) * config.num_epochs * (data.num_train // config.batch_size)
     progress = progress_lib.GroupProgress(
         f"group {i}", steps, min(len(group), config.train.runs_per_batch),
@@ -206,7 +209,7 @@ def main(argv: Sequence[str]) -> None:
       progress.close()
       tensorboard.close()
   if primary:
-    print(summary_table(workdir.path))
+    print(summary_table(workdir.path, experiment.summary_metric))
     print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
   barrier("gradnoise:done")
 

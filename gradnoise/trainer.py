@@ -179,8 +179,15 @@ class GroupProgram:
 
 
 def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
-                  num_train: int) -> GroupProgram:
-  """``jit(vmap(...))`` init, train-epoch and evaluation functions for a compile group."""
+                  num_train: int, tasks: bool = False) -> GroupProgram:
+  """``jit(vmap(...))`` init, train-epoch and evaluation functions for a compile group.
+
+  With ``tasks``, the data arrays have a leading task axis and each run uses the slice its
+  ``hp["task"]`` selects (``Dataset.num_tasks``).
+  """
+  def select(arrays, hp):
+    return {k: v[hp["task"].astype(jnp.int32)] for k, v in arrays.items()} if tasks else arrays
+
   batch_size = config.batch_size
   steps = num_train // batch_size
   if steps == 0:
@@ -193,13 +200,16 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
     return RunState(params, tx.init(params), jnp.zeros([], bool))
 
   def train_epoch(state, hp, train_data, epoch):
+    hp = {**hp, "epoch": epoch}
     tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
     order = batch_order(hp, epoch, num_train, steps, batch_size)
     dropout_stream = _stream(hp, STREAM_DROPOUT)
 
     def step(state, inputs):
       indices, step_num = inputs
-      batch = {k: v[indices] for k, v in train_data.items()}
+      # Gather the batch directly (with tasks: from the run's task), never a data copy.
+      batch = {k: v[hp["task"].astype(jnp.int32), indices] if tasks else v[indices]
+               for k, v in train_data.items()}
       key = jax.random.fold_in(dropout_stream, step_num)
       (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
           state.params, batch, key, hp, config)
@@ -217,9 +227,11 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
     metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
     return state, metrics
 
-  def evaluate(params, hp, eval_data):
+  def evaluate(params, hp, eval_data, epoch):
+    hp = {**hp, "epoch": epoch}
     out = {}
     for split, arrays in eval_data.items():
+      arrays = select(arrays, hp)
       mask = arrays["_mask"]
       batches = {k: v for k, v in arrays.items() if k != "_mask"}
       values = jax.lax.map(lambda b: experiment.eval_fn(params, b, hp, config), batches)
@@ -231,23 +243,27 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
       init=jax.jit(jax.vmap(init)),
       train_epoch=jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None)),
                           donate_argnums=0),
-      evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None))),
+      evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None))),
       steps_per_epoch=steps,
   )
 
 
 def eval_batches(data: Dataset, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
-  """Each eval split padded to whole batches, shaped [num_batches, batch, ...], with a mask."""
+  """Each eval split padded to whole batches, shaped [num_batches, batch, ...], with a mask
+  (after the task axis, [tasks, num_batches, batch, ...], when ``data.num_tasks``)."""
+  axis = 1 if data.num_tasks else 0
   out = {}
   for split, arrays in data.evals.items():
-    n = len(next(iter(arrays.values())))
+    n = next(iter(arrays.values())).shape[axis]
     size = min(batch_size, n)
     num = -(-n // size)
     padded = {}
     for k, v in arrays.items():
-      pad = np.zeros((num * size - n,) + v.shape[1:], v.dtype)
-      padded[k] = np.concatenate([v, pad]).reshape((num, size) + v.shape[1:])
-    padded["_mask"] = (np.arange(num * size) < n).astype(np.float32).reshape(num, size)
+      lead = v.shape[:axis]
+      pad = np.zeros(lead + (num * size - n,) + v.shape[axis + 1:], v.dtype)
+      padded[k] = np.concatenate([v, pad], axis).reshape(lead + (num, size) + v.shape[axis + 1:])
+    mask = (np.arange(num * size) < n).astype(np.float32).reshape(num, size)
+    padded["_mask"] = np.broadcast_to(mask, lead + mask.shape).copy()
     out[split] = padded
   return out
 
@@ -323,7 +339,7 @@ def train_group(
   every ``train.checkpoint_every_epochs`` epochs and at its end.
   """
   config = runs[0][1]
-  program = build_program(experiment, config, data.num_train)
+  program = build_program(experiment, config, data.num_train, bool(data.num_tasks))
   mesh = run_mesh()
   run_sharding = NamedSharding(mesh, PartitionSpec("runs"))
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -352,7 +368,7 @@ def train_group(
       state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
-        metrics.update(program.evaluate(state.params, hp, eval_data))
+        metrics.update(program.evaluate(state.params, hp, eval_data, np.int32(epoch)))
       metrics = fetch(metrics)
       for i, run_id in enumerate(ids):
         row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}

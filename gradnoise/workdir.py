@@ -142,7 +142,7 @@ class WorkDir:
   def write_results(self, fields: Sequence[str], runs: Sequence[ml_collections.ConfigDict],
                     results: dict[int, dict[str, Any]]) -> None:
     """results.csv: one row per finished run (its swept fields, seed, metrics, diverged)."""
-    metrics = list(RESULT_METRICS)
+    metrics = [m for m in RESULT_METRICS if any(m in r for r in results.values())]
     for result in results.values():
       metrics += [k for k in result if k not in metrics and k != "diverged"]
     out = io.StringIO()

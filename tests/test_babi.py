@@ -1,0 +1,342 @@
+"""experiments.babi_data and experiments.memnet: the bAbI loader, the MemN2N model, and
+training on the real task qa1."""
+
+import dataclasses
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradnoise
+from configs import memnet_babi
+from experiments import babi_data, memnet
+from gradnoise import experiment, trainer
+from gradnoise.errors import UsageError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "babi")
+TINY_QA1 = os.path.join(FIXTURES, "en", "qa1_tiny-stories_train.txt")
+REAL_BABI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "babi",
+                         "tasks_1-20_v1-2")
+
+
+def config(path=FIXTURES, tasks=(1,), **model):
+  c = memnet_babi.get_config("small")
+  c.data.path, c.data.tasks, c.data.task = path, list(tasks), tasks[0]
+  c.model.update(model)
+  return c
+
+
+def hparams(c, epoch=0):
+  hp = {k: jnp.float32(v) for k, v in memnet.hparams(c).items()}
+  return {**hp, "epoch": jnp.int32(epoch)}
+
+
+def words(vocab, ids):
+  return " ".join(vocab[i] for i in ids if i)
+
+
+def test_tokenize_lower_cases_and_strips_full_stops_and_question_marks():
+  assert babi_data.tokenize("Where is Mary? ") == ["where", "is", "mary"]
+  assert babi_data.tokenize("John went back to the Hallway.") == [
+      "john", "went", "back", "to", "the", "hallway"]
+  assert babi_data.tokenize("Is it here ?") == ["is", "it", "here"]
+
+
+def test_read_task_file_gives_questions_with_their_story_so_far():
+  examples = babi_data.read_task_file(TINY_QA1)
+  assert len(examples) == 11
+  first = examples[0]
+  assert first.memories == [["mary", "moved", "to", "the", "bathroom"],
+                            ["john", "went", "to", "the", "hallway"]]
+  assert (first.query, first.answer) == (["where", "is", "mary"], "bathroom")
+  assert len(examples[1].memories) == 4  # questions are not memories
+  # IDs restart at 1: a new story with an empty memory.
+  assert examples[2].memories == [["sandra", "travelled", "to", "the", "office"]]
+  assert examples[2].answer == "office"
+  # A list answer (tasks 8, 19) is one token.
+  assert examples[6].query == ["what", "is", "john", "carrying"]
+  assert examples[6].answer == "apple,milk"
+
+
+def test_load_one_task_vectorises_most_recent_memory_first():
+  data = babi_data.load_babi(FIXTURES, "en", [1])
+  train, valid, test = (data.splits[s] for s in babi_data.SPLITS)
+  # 11 training questions: the last 10% (floor(9.9) = 9 kept) are the validation set.
+  assert train["answers"].shape == (1, 9) and valid["answers"].shape == (1, 2)
+  assert test["answers"].shape == (1, 2)
+  assert data.memory_size == 5  # the longest story before a question (< 50)
+  assert data.sentence_len == 7  # "where was the apple before the garden"
+  assert train["stories"].shape == (1, 9, 5, 7) and train["queries"].shape == (1, 9, 7)
+  assert all(v.dtype == np.int32 for s in data.splits.values() for v in s.values())
+  assert data.vocab[0] == babi_data.NIL and data.vocab[1:] == sorted(data.vocab[1:])
+  vocab = data.vocab
+  story = train["stories"][0, 1]
+  assert [words(vocab, s) for s in story] == [
+      "sandra moved to the garden", "daniel went back to the hallway",
+      "john went to the hallway", "mary moved to the bathroom", ""]
+  assert words(vocab, train["queries"][0, 1]) == "where is daniel"
+  assert vocab[train["answers"][0, 1]] == "hallway"
+  assert [words(vocab, s) for s in train["stories"][0, 2]][:2] == [
+      "sandra travelled to the office", ""]
+  assert vocab[train["answers"][0, 6]] == "apple,milk"
+  assert [vocab[a] for a in valid["answers"][0]] == ["hallway", "garden"]
+  assert words(vocab, valid["queries"][0, 1]) == "where is the milk"
+  assert [vocab[a] for a in test["answers"][0]] == ["kitchen", "garden"]
+  assert [words(vocab, s) for s in test["stories"][0, 1]][:3] == [
+      "mary moved to the garden", "daniel went to the kitchen", ""]
+
+
+def test_memory_keeps_the_most_recent_sentences():
+  data = babi_data.load_babi(FIXTURES, "en", [1], memory_size=3)
+  story = data.splits["train"]["stories"][0, 4]  # "where is john" after 5 statements
+  assert [words(data.vocab, s) for s in story] == [
+      "sandra went to the bedroom", "daniel moved to the bedroom", "mary went to the office"]
+
+
+def test_several_tasks_share_vocabulary_and_shapes():
+  one = babi_data.load_babi(FIXTURES, "en", [1])
+  both = babi_data.load_babi(FIXTURES, "en", [1, 2])
+  assert both.tasks == (1, 2)
+  assert set(one.vocab) < set(both.vocab) and {"yes", "no", "maybe"} < set(both.vocab)
+  assert both.sentence_len == 9  # "fred is either in the school or the cinema"
+  assert both.splits["train"]["stories"].shape == (2, 9, 5, 9)
+  second = both.splits["train"]
+  assert words(both.vocab, second["queries"][1, 0]) == "is bill in the park"
+  assert both.vocab[second["answers"][1, 0]] == "yes"
+  first = second["stories"][0, 1]
+  assert [words(both.vocab, s) for s in first][0] == "sandra moved to the garden"
+  # A question that opens a story has an empty memory.
+  assert not second["stories"][1, 6].any()
+  assert both.vocab[second["answers"][1, 6]] == "no"
+
+
+@pytest.mark.parametrize("line, why", [
+    ("Mary went home.", "numeric ID"),
+    ("2 Mary went home.", "does not follow"),
+    ("1 Where is Mary? \tkitchen", "2 tab-separated fields"),
+    ("1 Where is Mary?", "question without"),
+    ("1 Where is Mary? \tkitchen\tone", "not numbers"),
+    ("1 Where is Mary? \tthe kitchen\t1", "not one word"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, line, why):
+  path = tmp_path / "qa1_bad_train.txt"
+  path.write_text(f"1 Mary went to the kitchen.\n2 Where is Mary? \tkitchen\t1\n{line}\n")
+  with pytest.raises(UsageError, match=f"{re.escape(str(path))}, line 3: .*{why}"):
+    babi_data.read_task_file(str(path))
+
+
+def test_missing_folder_set_task_and_file_are_usage_errors(tmp_path):
+  with pytest.raises(UsageError, match="data.path: not set"):
+    babi_data.load_babi(None, "en", [1])
+  missing = tmp_path / "nowhere"
+  with pytest.raises(UsageError, match=re.escape(f"{missing}/en is not a folder")):
+    babi_data.load_babi(str(missing), "en", [1])
+  with pytest.raises(UsageError, match="en-10k is not a folder"):
+    babi_data.load_babi(FIXTURES, "en-10k", [1])
+  with pytest.raises(UsageError, match="data.babi_set='hn' is unknown"):
+    babi_data.load_babi(FIXTURES, "hn", [1])
+  with pytest.raises(UsageError, match="no file matching qa3_\\*_train.txt"):
+    babi_data.load_babi(FIXTURES, "en", [1, 3])
+  with pytest.raises(UsageError, match="data.tasks=\\[21\\] is invalid"):
+    babi_data.load_babi(FIXTURES, "en", [21])
+  (tmp_path / "en").mkdir()
+  (tmp_path / "en" / "qa1_x_train.txt").write_text("1 A b.\n2 C d? \te\t1\n")
+  with pytest.raises(UsageError, match="no file matching qa1_\\*_test.txt"):
+    babi_data.load_babi(str(tmp_path), "en", [1])
+
+
+def test_tasks_with_different_question_counts_do_not_stack(tmp_path):
+  (tmp_path / "en").mkdir()
+  for task, questions in ((1, 2), (2, 3)):
+    for split in ("train", "test"):
+      lines = "".join(f"{2 * i + 1} A b.\n{2 * i + 2} C d? \te\t{2 * i + 1}\n"
+                      for i in range(questions))
+      (tmp_path / "en" / f"qa{task}_x_{split}.txt").write_text(lines)
+  with pytest.raises(UsageError, match="differ in their number of train questions"):
+    babi_data.load_babi(str(tmp_path), "en", [1, 2])
+
+
+def test_position_encoding_matches_its_formulas():
+  length, dim = 4, 3
+  paper = memnet.position_encoding(length, dim, "paper")
+  reference = memnet.position_encoding(length, dim, "reference")
+  for j in range(1, length + 1):
+    for k in range(1, dim + 1):
+      want = (1 - j / length) - (k / dim) * (1 - 2 * j / length)
+      assert paper[j - 1, k - 1] == pytest.approx(want, abs=1e-6)
+      want = 1 + 4 * (k - (dim + 1) / 2) * (j - (length + 1) / 2) / (dim * length)
+      assert reference[j - 1, k - 1] == pytest.approx(want, abs=1e-6)
+
+
+def test_memory_times_random_noise_inserts_empty_times():
+  present = jnp.arange(50)[None, :] < jnp.array([[0], [1], [10], [40], [50]])
+  n = present.sum(-1)
+  fixed = np.asarray(memnet.memory_times(present))
+  assert (fixed == np.arange(1, 51)).all()
+  shifted = []
+  for seed in range(5):
+    times = np.asarray(memnet.memory_times(present, jax.random.key(seed), 0.1))
+    for row, count in zip(times, np.asarray(n)):
+      used = row[:count]
+      assert (np.diff(used) >= 0).all()  # most recent first
+      below_cap = used[used < 50]
+      assert len(np.unique(below_cap)) == len(below_cap)  # distinct but for the cap at M
+      assert (used >= 1).all() and (used <= min(count + -(-count // 10), 50)).all()
+    shifted.append(not np.array_equal(times[3, :40], fixed[3, :40]))
+  assert any(shifted)  # some empty times were inserted
+  no_blanks = memnet.memory_times(present, jax.random.key(0), 0.0)
+  np.testing.assert_array_equal(np.where(present, no_blanks, 0), np.where(present, fixed, 0))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A config, a batch and initial parameters on the fixture task 1."""
+  c = config()
+  data = memnet._data(c)
+  batch = {k: jnp.asarray(v[0]) for k, v in data.splits["train"].items()}
+  params = memnet.init_params(jax.random.key(0), c, hparams(c))
+  return c, batch, params
+
+
+def test_parameters_are_adjacent_tied_matrices_with_temporal_rows(tiny):
+  c, batch, params = tiny
+  data = memnet._data(c)
+  assert len(params) == c.model.hops + 1  # B = A^1, C^1 = A^2, ..., C^K = W^T
+  assert all(p.shape == (len(data.vocab) + data.memory_size, 20) for p in params)
+  assert float(jnp.std(params[0])) == pytest.approx(0.1, rel=0.2)
+  logits = memnet.apply(params, batch["stories"], batch["queries"],
+                        memnet.memory_times(batch["stories"].any(-1)), True, c)
+  assert logits.shape == (9, params[0].shape[0])
+  assert (logits[:, 0] == 0).all()  # the empty word has a zero embedding
+
+
+def test_linear_start_switches_to_softmax_at_the_configured_epoch(tiny):
+  c, batch, params = tiny
+  c = config(linear_start_epochs=2)
+  times = memnet.memory_times(batch["stories"].any(-1))
+  linear = memnet.apply(params, batch["stories"], batch["queries"], times, False, c)
+  soft = memnet.apply(params, batch["stories"], batch["queries"], times, True, c)
+  assert not np.allclose(linear, soft, atol=1e-4)
+  for epoch, want in ((0, linear), (1, linear), (2, soft), (3, soft)):
+    out = memnet.eval_fn(params, batch, hparams(c, epoch), c)
+    ce = optax.softmax_cross_entropy_with_integer_labels(want, batch["answers"])
+    np.testing.assert_allclose(out["loss"], ce, rtol=1e-5)
+    np.testing.assert_array_equal(out["error"], jnp.argmax(want, -1) != batch["answers"])
+  c0 = config(linear_start_epochs=0, random_time=0.0)
+  loss, aux = memnet.loss_fn(params, batch, jax.random.key(0), hparams(c0, 0), c0)
+  ce = optax.softmax_cross_entropy_with_integer_labels(soft, batch["answers"])
+  assert float(loss) == pytest.approx(float(ce.sum()), rel=1e-5)  # summed, as the reference
+  assert set(aux) == {"error"}
+
+
+def test_per_matrix_clipping_bounds_each_gradient_norm(tiny):
+  c, batch, params = tiny
+  big = [p * 30 for p in params]
+  grads = jax.grad(lambda p: memnet.loss_fn(p, batch, jax.random.key(0), hparams(c), c)[0])(big)
+  norms = [float(jnp.linalg.norm(g)) for g in grads]
+  assert max(norms) > 40
+  clipped, _ = gradnoise.clip_by_leaf_norm(40.0).update(grads, None)
+  for g, c_g, norm in zip(grads, clipped, norms):
+    assert float(jnp.linalg.norm(c_g)) <= 40 * (1 + 1e-5)
+    if norm <= 40:
+      np.testing.assert_array_equal(c_g, g)
+
+
+def test_validate_names_bad_fields():
+  memnet.validate(config())
+  for field, value, match in [("data.task", 5, "data.task=5"),
+                              ("model.hops", 0, "model.hops=0"),
+                              ("model.random_time", 2.0, "model.random_time=2.0"),
+                              ("model.position_encoding", "bow", "model.position_encoding")]:
+    c = config()
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises(UsageError, match=match):
+      memnet.validate(c)
+
+
+@pytest.mark.parametrize("variant, runs", [("small", 48), ("table2", 400)])
+def test_config_sweeps_are_one_compile_group(variant, runs):
+  from gradnoise.sweep import apply_overrides
+  base = memnet_babi.get_config(variant)
+  configs = [apply_overrides(base, o) for o in memnet_babi.get_sweep(variant)]
+  assert len(configs) == runs
+  for c in configs:
+    trainer.validate_common(c)
+    memnet.validate(c)
+  assert len({trainer.group_key(c, memnet.EXPERIMENT) for c in configs}) == 1
+
+
+@pytest.mark.skipif("num_tasks" not in {f.name for f in dataclasses.fields(experiment.Dataset)},
+                    reason="needs the trainer's per-run task selection (Dataset.num_tasks, "
+                           "hp['epoch']; issue #5)")
+def test_trainer_trains_runs_on_their_own_tasks():
+  from gradnoise.sweep import apply_overrides
+  base = config(tasks=(1, 2), linear_start_epochs=1)
+  base.num_epochs, base.batch_size, base.train.eval_every_epochs = 2, 4, 1
+  runs = list(enumerate(apply_overrides(base, {"data.task": t}) for t in (1, 2)))
+  data = memnet.load_data(base)
+  rows = []
+  results = trainer.train_group(memnet.EXPERIMENT, runs, data,
+                                trainer.GroupCallbacks(rows.append))
+  assert len(rows) == 4 and all(np.isfinite(r["test_error"]) for r in rows)
+  assert results[0]["test_loss"] != results[1]["test_loss"]
+  assert {k for k in results[0] if not k.startswith("best_")} >= {
+      "train_loss", "train_error", "valid_error", "valid_loss", "test_error", "test_loss"}
+
+
+def train_memnet(c, epochs, seed=0):
+  """Test error after ``epochs`` of the reference training (SGD 0.005 halved every 25
+  epochs, batch 32, per-matrix clipping at 40, noise from config) on task ``data.task``."""
+  data = memnet._data(c)
+  task = list(c.data.tasks).index(c.data.task)
+  train = {k: jnp.asarray(v[task]) for k, v in data.splits["train"].items()}
+  test = {k: jnp.asarray(v[task]) for k, v in data.splits["test"].items()}
+  steps = len(train["answers"]) // c.batch_size
+  key = jax.random.key(seed)
+  params = memnet.init_params(jax.random.fold_in(key, 0), c, hparams(c))
+  lr = optax.exponential_decay(c.optimizer.learning_rate, 25 * steps, 0.5, staircase=True)
+  tx = gradnoise.noisy(optax.sgd(lr), key=jax.random.fold_in(key, 1), eta=c.noise.eta,
+                       gamma=c.noise.gamma, clip_norm=c.clip.norm, clip_per_leaf=True)
+
+  data_key, noise_key = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
+
+  @jax.jit
+  def epoch(params, opt_state, e):
+    hp = hparams(c, e)
+    order = jax.random.permutation(jax.random.fold_in(data_key, e), len(train["answers"]))
+
+    def step(carry, inputs):
+      params, opt_state = carry
+      indices, step_num = inputs
+      batch = {k: v[indices] for k, v in train.items()}
+      step_key = jax.random.fold_in(noise_key, step_num)
+      grads = jax.grad(lambda p: memnet.loss_fn(p, batch, step_key, hp, c)[0])(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    batches = order[:steps * c.batch_size].reshape(steps, c.batch_size)
+    inputs = (batches, e * steps + jnp.arange(steps))
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), inputs)
+    return params, opt_state
+
+  opt_state = tx.init(params)
+  for e in range(epochs):
+    params, opt_state = epoch(params, opt_state, jnp.int32(e))
+  return float(memnet.eval_fn(params, test, hparams(c, epochs - 1), c)["error"].mean())
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_BABI),
+                    reason=f"bAbI data not found at {os.path.normpath(REAL_BABI)}")
+def test_qa1_reaches_under_5_percent_test_error():
+  c = config(path=REAL_BABI, tasks=(1,))
+  start = time.perf_counter()
+  error = train_memnet(c, epochs=15)
+  seconds = time.perf_counter() - start
+  print(f"qa1 (1k): test error {error:.1%} after 15 epochs in {seconds:.1f} s")
+  assert error < 0.05
