@@ -7,7 +7,7 @@ Variants (``--config configs/mnist_mlp.py:<variant>``):
                with and without noise (eta 0.01, gamma 0.55), 50 epochs (the paper does
                not state its epochs; our choice). 520 runs, 2 compile groups.
   table1_small full MNIST, every Table 1 setting, lr {0.1, 0.01}, 2 seeds, 20 epochs
-               (52 runs, about 13 minutes on 2 CPU cores). Pass the data, e.g.
+               (52 runs, 15-20 minutes on 2 CPU cores). Pass the data, e.g.
                --config.data.source=npz --config.data.path=.../mnist.npz
 Batch size 128 is our choice (the paper does not state it).
 """
