@@ -340,3 +340,25 @@ def test_qa1_reaches_under_5_percent_test_error():
   seconds = time.perf_counter() - start
   print(f"qa1 (1k): test error {error:.1%} after 15 epochs in {seconds:.1f} s")
   assert error < 0.05
+
+
+def test_table2_summary_from_a_work_dir(tmp_path):
+  from experiments import babi_table
+  header = ("run,data.task,model.linear_start_epochs,noise.eta,seed,train_error,valid_error,"
+            "test_error,diverged\n")
+  rows = [  # task, linear start, eta, seed, train, valid, test
+      (1, 0, 0.0, 0, 0.10, 0.20, 0.30), (1, 0, 0.0, 1, 0.00, 0.10, 0.50),
+      (1, 20, 1.0, 0, 0.02, 0.04, 0.06), (2, 20, 1.0, 0, 0.04, 0.08, 0.10)]
+  text = header + "".join(f"{i},{t},{ls},{eta},{s},{a},{b},{c},false\n"
+                          for i, (t, ls, eta, s, a, b, c) in enumerate(rows))
+  (tmp_path / "results.csv").write_text(text)
+  (tmp_path / "config.json").write_text('{"config": {"noise": {"schedule": "annealed"}}, '
+                                        '"sweep": []}')
+  table = babi_table.table(babi_table.collect([str(tmp_path)]))
+  # qa1 one-stage no noise: means 5.0 / 15.0 / 40.0; the lower-validation seed has 50% test.
+  assert "| qa1 | 5.0 / 15.0 / 40.0 (50.0, k=2) |" in table
+  # Means over tasks: two-stage with noise over qa1 and qa2: train 3.0, valid 6.0, test 8.0.
+  assert "| two-stage, noise | 2 | 3.0 | 6.0 | 8.0 | 8.0 | 5.9 | 10.8 |" in table
+  with pytest.raises(UsageError, match="memnet work dir"):
+    (tmp_path / "results.csv").write_text("run,seed,test_accuracy,diverged\n0,0,0.5,false\n")
+    babi_table.collect([str(tmp_path)])
