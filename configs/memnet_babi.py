@@ -60,7 +60,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.model.position_encoding = "reference"  # reference | paper
 
   config.data = ml_collections.ConfigDict()
-  config.data.path = config_dict.placeholder(str)  # the tasks_1-20_v1-2 folder
+  config.data.path = config_dict.placeholder(str)  # tasks_1-20_v1-2 folder, or "download"
   config.data.babi_set = "en"  # en (1k) | en-10k
   config.data.tasks = list(range(1, 21)) if arg == "table2" else SMALL_TASKS
   config.data.task = 1  # this run's task, one of data.tasks

@@ -160,6 +160,29 @@ def vectorize(examples: Sequence[Example], word_ids: dict[str, int], memory_size
   return {"stories": stories, "queries": queries, "answers": answers}
 
 
+DOWNLOAD = "download"
+ARCHIVE_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
+
+
+def download_babi(cache_dir: str | None = None) -> str:
+  """Downloads and extracts the official bAbI v1.2 archive once; returns its folder.
+
+  Uses tensorflow-datasets' download manager (checksummed, cached in ``cache_dir``,
+  default ``~/.cache/gradnoise/babi``), which needs no TensorFlow.
+  """
+  import tensorflow_datasets as tfds
+  cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gradnoise", "babi")
+  try:
+    manager = tfds.download.DownloadManager(download_dir=cache_dir)
+    extracted = os.fspath(manager.download_and_extract(ARCHIVE_URL))
+  except Exception as e:  # noqa: BLE001 - any download failure is reported the same way
+    raise UsageError(f"data.path=download: could not download {ARCHIVE_URL} ({e}); "
+                     "download it yourself and set data.path to its tasks_1-20_v1-2 "
+                     "folder") from None
+  folder = os.path.join(extracted, "tasks_1-20_v1-2")
+  return folder if os.path.isdir(folder) else extracted
+
+
 def load_babi(path: str | None, babi_set: str, tasks: Sequence[int],
               memory_size: int = 50) -> BabiData:
   """Loads ``tasks`` of ``path/babi_set`` onto common shapes (see module doc).
@@ -170,7 +193,10 @@ def load_babi(path: str | None, babi_set: str, tasks: Sequence[int],
   per split (true of the official release), so that they stack.
   """
   if path is None:
-    raise UsageError("data.path: not set; set it to the bAbI tasks_1-20_v1-2 folder")
+    raise UsageError("data.path: not set; set it to the bAbI tasks_1-20_v1-2 folder, or "
+                     "to 'download' to fetch the official archive")
+  if path == DOWNLOAD:
+    path = download_babi()
   path = os.path.expanduser(os.fspath(path))
   if babi_set not in BABI_SETS:
     raise UsageError(f"data.babi_set={babi_set!r} is unknown; accepted: {', '.join(BABI_SETS)}")

@@ -362,3 +362,24 @@ def test_table2_summary_from_a_work_dir(tmp_path):
   with pytest.raises(UsageError, match="memnet work dir"):
     (tmp_path / "results.csv").write_text("run,seed,test_accuracy,diverged\n0,0,0.5,false\n")
     babi_table.collect([str(tmp_path)])
+
+
+def test_download_uses_tfds_download_manager(monkeypatch, tmp_path):
+  import tensorflow_datasets as tfds
+  calls = []
+
+  def fake_download_and_extract(self, url):
+    calls.append(url)
+    return FIXTURES  # stands in for the extracted archive (no network in tests)
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      fake_download_and_extract)
+  data = babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
+  assert calls == [babi_data.ARCHIVE_URL] and list(data.tasks) == [1]
+
+  def failing(self, url):
+    raise OSError("network unreachable")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", failing)
+  with pytest.raises(UsageError, match="could not download"):
+    babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
