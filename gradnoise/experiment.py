@@ -68,6 +68,11 @@ class Experiment:
     code_key: ``config -> JSON-able value`` for choices a traced field implies about the
       code (e.g. dropout on or off); runs with different values compile separately.
     summary_metric: the results.csv column of the end-of-sweep summary table.
+    init_extra: optional ``(hp, config) -> {name: array}``, per-run state outside the
+      gradient (e.g. a curriculum length); it is merged into ``hp`` for ``loss_fn`` and
+      ``eval_fn``, checkpointed with the run, and logged as ``state_<name>``.
+    update_extra: ``(extra, aux, hp, config) -> extra``, called after every step with the
+      step's ``loss_fn`` aux metrics.
   """
 
   name: str
@@ -80,6 +85,8 @@ class Experiment:
   eval_fn: Callable[..., dict[str, jax.Array]]
   code_key: Callable[[Config], Any] = lambda config: None
   summary_metric: str = "test_accuracy"
+  init_extra: Callable[..., dict[str, Any]] | None = None
+  update_extra: Callable[..., dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}

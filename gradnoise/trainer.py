@@ -151,6 +151,7 @@ class RunState(NamedTuple):
   params: Any
   opt_state: Any
   diverged: jax.Array  # bool: loss became NaN/Inf; params and optimizer state frozen
+  extra: dict[str, Any]  # the experiment's per-run state outside the gradient
 
 
 def _stream(hp: dict[str, jax.Array], stream: int) -> jax.Array:
@@ -197,7 +198,8 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
   def init(hp):
     params = experiment.init_params(_stream(hp, STREAM_INIT), config, hp)
     tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
-    return RunState(params, tx.init(params), jnp.zeros([], bool))
+    extra = experiment.init_extra(hp, config) if experiment.init_extra else {}
+    return RunState(params, tx.init(params), jnp.zeros([], bool), extra)
 
   def train_epoch(state, hp, train_data, epoch):
     hp = {**hp, "epoch": epoch}
@@ -212,23 +214,28 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
                for k, v in train_data.items()}
       key = jax.random.fold_in(dropout_stream, step_num)
       (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
-          state.params, batch, key, hp, config)
+          state.params, batch, key, {**hp, **state.extra}, config)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
+      extra = (experiment.update_extra(state.extra, aux, hp, config)
+               if experiment.update_extra else state.extra)
       diverged = state.diverged | ~jnp.isfinite(loss)
       keep = lambda old, new: jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n),
                                            old, new)
       new_state = RunState(keep(state.params, params), keep(state.opt_state, opt_state),
-                           diverged)
+                           diverged, keep(state.extra, extra))
       return new_state, {"loss": loss, **aux}
 
     step_nums = epoch * steps + jnp.arange(steps)
     state, per_step = jax.lax.scan(step, state, (order, step_nums))
     metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
+    metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
+                    for k, v in state.extra.items() if jnp.ndim(v) == 0})
     return state, metrics
 
-  def evaluate(params, hp, eval_data, epoch):
-    hp = {**hp, "epoch": epoch}
+  def evaluate(state, hp, eval_data, epoch):
+    params = state.params
+    hp = {**hp, **state.extra, "epoch": epoch}
     out = {}
     for split, arrays in eval_data.items():
       arrays = select(arrays, hp)
@@ -368,7 +375,7 @@ def train_group(
       state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
-        metrics.update(program.evaluate(state.params, hp, eval_data, np.int32(epoch)))
+        metrics.update(program.evaluate(state, hp, eval_data, np.int32(epoch)))
       metrics = fetch(metrics)
       for i, run_id in enumerate(ids):
         row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}
@@ -386,7 +393,7 @@ def train_group(
     for i, run_id in enumerate(ids):
       final = {k: v[-1][i] for k, v in history.items()}
       best = {f"best_{k}": best_of(k, [h[i] for h in v]) for k, v in history.items()
-              if not k.startswith("train_")}
+              if not k.startswith(("train_", "state_"))}
       batch_results[run_id] = {**final, **best, "diverged": bool(diverged[i])}
     callbacks.on_batch_done(batch_results)
     results.update(batch_results)

@@ -152,6 +152,22 @@ def test_pull_term():
   assert float(loss1 - loss0) == pytest.approx(0.01 * float(distance), rel=1e-4)
 
 
+def test_remat_gives_the_same_gradients():
+  config = small_config(**{"model.dropout_rate": 0.1})
+  hp = run_hp(config)
+  params = ng.init_params(jax.random.key(0), config, hp)
+  batch = {k: jnp.asarray(v[:8]) for k, v in ng.load_data(config).train.items()}
+
+  def grad(**overrides):
+    c = sweep.apply_overrides(config, overrides)
+    return jax.jit(jax.grad(lambda p: ng.loss_fn(p, batch, jax.random.key(1), hp, c)[0]))(
+        params)
+
+  plain = grad()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               plain, grad(**{"model.remat": True}))
+
+
 def train_and_test(config, steps, lr, eta, seed=0, chunk=100):
   """A self-contained training loop: the experiment's loss and curriculum, clip -> noise ->
   Adam, batches drawn at random from the pool; returns test metrics and the final state."""
