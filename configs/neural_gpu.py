@@ -13,8 +13,8 @@ Variants (``--config configs/neural_gpu.py:<variant>``):
                 runs, 18-23 s per evaluation, ~25 s to compile: about 22 minutes. At this
                 budget no run learns 8-bit multiplication, let alone 32-bit (3000 steps of
                 one run reached the 5-bit curriculum stage, test bits at chance): it checks
-                the pipeline and compares training progress (train_curriculum_bits,
-                train_seq_error), not the success counts.
+                the pipeline and compares training progress (state_bits, the curriculum
+                length reached, and train_seq_error), not the success counts.
 
 Neelakantan et al. count, over 7290 runs (729 settings x 10 seeds) per arm, the runs whose
 test error is below 1/2/3/5%. The paper does not list the 729 settings; ours vary six

@@ -16,7 +16,15 @@ other rows start at 0. A step applies ``model.cgrus`` CGRUs (sec. 2):
 with 3x3 SAME convolutions (U and R are computed as one convolution with 2m outputs).
 The gate biases B', B'' start at 1 and B at 0, as the reference (bias_start 1.0 for both
 gates). After n steps the first row goes through a linear map and a softmax over {pad,
-0, 1}. Positions past the input are masked to 0 after every CGRU.
+0, 1}. Positions past the input are masked to 0 after every CGRU. The convolutions are
+matrix products of 3x3 patches (see ``_conv``).
+
+Loss and metrics. Cross-entropy averaged over the input positions (the target there is a
+result bit or pad), as the reference's weights. Per example: sequence error (any result
+bit wrong) and the fraction of wrong result bits, over the target's bit positions as the
+reference's ``data_utils.accuracy``; the trainer reports ``<split>_seq_error`` and
+``<split>_bit_error``. Table 6 thresholds the test error (we read it as the sequence
+error on the 200-bit test examples; both are reported).
 
 Fixed shapes. Training examples are padded to L = 2 * train_bits + 1 (test examples to
 2 * test_bits + 1). The model always scans L steps, but an example with n input symbols
@@ -46,7 +54,7 @@ epsilon 1e-4 (optax default 1e-8).
 
 Per-run curriculum state (current length, pull, averaged flag, window sums) lives outside
 the gradient: ``init_extra`` / ``update_extra``. The trainer passes it to ``loss_fn`` and
-``eval_fn`` merged into ``hp``.
+``eval_fn`` merged into ``hp`` and logs it as ``state_bits``, ``state_pull``, ...
 """
 
 from __future__ import annotations
@@ -99,31 +107,32 @@ def cgru(s: jax.Array, p: Params) -> jax.Array:
   return u * s + (1.0 - u) * jnp.tanh(_conv(r * s, p["cand_w"], p["cand_b"]))
 
 
-def _uniform_scaling(key: jax.Array, shape: tuple[int, ...], scale: jax.Array) -> jax.Array:
+def _uniform_scaling(key: jax.Array, shape: tuple[int, ...], fan_in: int,
+                     scale: jax.Array) -> jax.Array:
   """U(-a, a), a = scale * sqrt(3 / fan_in): the reference's uniform unit scaling init
-  (factor 1.8 * init_weight), fan_in = product of all but the last dimension."""
-  fan_in = int(np.prod(shape[:-1]))
-  limit = scale * np.sqrt(3.0 / fan_in)
-  return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * limit
+  (scale 1.8 * init_weight; fan_in of a kernel = all its dimensions but the output)."""
+  return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * scale * np.sqrt(3.0 / fan_in)
 
 
-def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp) -> Params:
-  """Embedding, input map, r x cgrus CGRU parameter copies, output map."""
+def init_params(key: jax.Array, config: ml_collections.ConfigDict,
+                hp: experiment.HParams) -> Params:
+  """Embedding, input map, r x cgrus CGRU parameter copies (independent draws), output map."""
   m, r, c = config.model.maps, config.relax.copies, config.model.cgrus
   scale = 1.8 * hp["init_scale"]
   keys = jax.random.split(key, 5)
-  conv = KERNEL, KERNEL
+  kernel = (r, c, KERNEL, KERNEL, m)  # leading axes: relaxation copy, CGRU within a step
+  conv_fan_in = KERNEL * KERNEL * m
   return {
       "embed": jax.random.uniform(keys[0], (binary_tasks.INPUT_SYMBOLS, m), jnp.float32,
                                   -1.7, 1.7),
-      "input": {"w": _uniform_scaling(keys[1], (m, m), scale), "b": jnp.zeros(m)},
-      "cgru": {  # leading axes: relaxation copy, CGRU within a step
-          "gates_w": _uniform_scaling(keys[2], (r, c) + conv + (m, 2 * m), scale),
+      "input": {"w": _uniform_scaling(keys[1], (m, m), m, scale), "b": jnp.zeros(m)},
+      "cgru": {
+          "gates_w": _uniform_scaling(keys[2], kernel + (2 * m,), conv_fan_in, scale),
           "gates_b": jnp.ones((r, c, 2 * m)),
-          "cand_w": _uniform_scaling(keys[3], (r, c) + conv + (m, m), scale),
+          "cand_w": _uniform_scaling(keys[3], kernel + (m,), conv_fan_in, scale),
           "cand_b": jnp.zeros((r, c, m)),
       },
-      "output": {"w": _uniform_scaling(keys[4], (m, binary_tasks.OUTPUT_SYMBOLS), scale),
+      "output": {"w": _uniform_scaling(keys[4], (m, binary_tasks.OUTPUT_SYMBOLS), m, scale),
                  "b": jnp.zeros(binary_tasks.OUTPUT_SYMBOLS)},
   }
 
@@ -140,7 +149,8 @@ def step_params(copies: Params, step: jax.Array) -> Params:
                       copies)
 
 
-def apply(params: Params, inputs: jax.Array, hp, config: ml_collections.ConfigDict,
+def apply(params: Params, inputs: jax.Array, hp: experiment.HParams,
+          config: ml_collections.ConfigDict,
           dropout_key: jax.Array | None = None) -> jax.Array:
   """Output logits [B, L, 3] for input symbols [B, L]; dropout when a key is given."""
   mask = (inputs != binary_tasks.PAD).astype(jnp.float32)
@@ -197,7 +207,8 @@ def select_rows(batch: dict[str, jax.Array], bits: jax.Array) -> dict[str, jax.A
           for k, v in batch.items()}
 
 
-def loss_fn(params, batch, key, hp, config):
+def loss_fn(params: Params, batch: experiment.Batch, key: jax.Array, hp: experiment.HParams,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy over the input positions + pull * relaxation distance."""
   sample_key, dropout_key = jax.random.split(key)
   bits = sample_bits(sample_key, batch["inputs"].shape[0], hp["bits"], config.data.train_bits)
@@ -213,19 +224,20 @@ def loss_fn(params, batch, key, hp, config):
   return loss, {
       "seq_error": jnp.mean(err["seq_error"]),
       "bit_error": jnp.mean(err["bit_error"]),
-      "curriculum_bits": hp["bits"].astype(jnp.float32),
-      "pull": hp["pull"],
       "curriculum_errors": jnp.sum(err["seq_error"] * current),
       "curriculum_examples": jnp.sum(current).astype(jnp.float32),
   }
 
 
-def eval_fn(params, batch, hp, config):
+def eval_fn(params: Params, batch: experiment.Batch, hp: experiment.HParams,
+            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Per-example sequence and bit errors (see ``errors``)."""
   return errors(apply(params, batch["inputs"].astype(jnp.int32), hp, config),
                 batch["targets"].astype(jnp.int32))
 
 
-def init_extra(hp, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def init_extra(hp: experiment.HParams,
+               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Curriculum state of a run at step 0."""
   return {
       "bits": jnp.asarray(config.curriculum.start_bits, jnp.int32),
@@ -237,7 +249,8 @@ def init_extra(hp, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   }
 
 
-def update_extra(extra, aux, hp, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def update_extra(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: experiment.HParams,
+                 config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """After a step: accumulate the window; at its end advance the curriculum on success."""
   steps = extra["window_steps"] + 1
   errors_sum = extra["window_errors"] + aux["curriculum_errors"]
@@ -320,6 +333,7 @@ EXPERIMENT = experiment.register(experiment.Experiment(
     loss_fn=loss_fn,
     eval_fn=eval_fn,
     code_key=lambda config: {"dropout": config.model.dropout_rate > 0},
+    summary_metric="test_seq_error",
     init_extra=init_extra,
     update_extra=update_extra,
 ))

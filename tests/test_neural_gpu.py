@@ -170,11 +170,13 @@ def test_remat_gives_the_same_gradients():
 
 def train_and_test(config, steps, lr, eta, seed=0, chunk=100):
   """A self-contained training loop: the experiment's loss and curriculum, clip -> noise ->
-  Adam, batches drawn at random from the pool; returns test metrics and the final state."""
+  Adam (learning rate cosine-decayed to a tenth, for a steadier final model), batches drawn
+  at random from the pool; returns test metrics and the final state."""
   data = ng.load_data(config)
   hp = run_hp(config)
   params = ng.init_params(jax.random.key(seed), config, hp)
-  tx = gradnoise.noisy(optax.adam(lr), key=jax.random.key(seed + 1), eta=eta,
+  schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
+  tx = gradnoise.noisy(optax.adam(schedule), key=jax.random.key(seed + 1), eta=eta,
                        clip_norm=config.clip.norm)
   pool = {k: jnp.asarray(v) for k, v in data.train.items()}
 
@@ -205,7 +207,7 @@ def test_learns_binary_addition():
   config = small_config(**{"data.task": "add", "data.test_bits": 4, "data.pool_size": 1024,
                            "data.test_examples": 256, "model.maps": 12,
                            "relax.copies": 6, "curriculum.window": 50})
-  metrics, (_, _, extra) = train_and_test(config, steps=1000, lr=0.003, eta=1e-4)
+  metrics, (_, _, extra) = train_and_test(config, steps=1200, lr=0.003, eta=1e-4)
   assert int(extra["bits"]) == 4  # the curriculum reached the longest training operands
   assert 1.0 - metrics["bit_error"] >= 0.95, metrics
 
