@@ -192,22 +192,17 @@ def add_gradient_noise(
     leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
     noisy = [_is_noisy_leaf(x) for x in leaves]
 
-    def with_noise():
+    if any(noisy):
       step_key = jax.random.fold_in(state.key, state.count)
       normals = _standard_normal_like(step_key, leaves, noisy, draw)
-      return [
-          (x.astype(jnp.float32) + std * z).astype(x.dtype) if n else x
+      # With std == 0 the updates pass unchanged, bit for bit (g + 0 * z turns -0.0 to +0.0).
+      leaves = [
+          jnp.where(std > 0, (x.astype(jnp.float32) + std * z).astype(x.dtype), x) if n else x
           for x, n, z in zip(leaves, noisy, normals)
       ]
-
-    if any(noisy):
-      # std == 0 returns the updates unchanged (g + 0 * z would turn -0.0 into +0.0).
-      new_leaves = [jnp.where(std > 0, a, b) if n else b for a, b, n in zip(with_noise(), leaves, noisy)]
-    else:
-      new_leaves = leaves
     new_state = GradientNoiseState(count=optax.safe_int32_increment(state.count),
                                    key=state.key, std=std)
-    return jax.tree.unflatten(treedef, new_leaves), new_state
+    return jax.tree.unflatten(treedef, leaves), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

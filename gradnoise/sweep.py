@@ -77,6 +77,14 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of the dotted field ``dotted`` (e.g. ``"noise.eta"``) of ``config``."""
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
 def flat_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   """Every leaf field of ``config`` by dotted name."""
   names = []

@@ -27,6 +27,7 @@ import gradnoise
 from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
 from gradnoise.experiment import Dataset, Experiment
+from gradnoise.sweep import get_field
 
 # Key streams, folded into key(seed): DESIGN.md "Randomness".
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
@@ -37,18 +38,11 @@ TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "noise.eta", "noise.
 NOISE_SCHEDULES = ("annealed", "constant")
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
 def validate_common(config: ml_collections.ConfigDict) -> None:
   """Checks the trainer's own fields; raises UsageError naming the field."""
   def check(name, ok, accepted):
     if not ok:
-      raise UsageError(f"config field {name}={_get(config, name)!r} is invalid; {accepted}.")
+      raise UsageError(f"config field {name}={get_field(config, name)!r} is invalid; {accepted}.")
 
   check("num_epochs", isinstance(config.num_epochs, int) and config.num_epochs >= 1,
         "accepted: an integer >= 1")
@@ -65,7 +59,7 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
         "accepted: the name of an optax optimizer taking learning_rate, e.g. sgd, adam, "
         "adamw, rmsprop, adagrad, lamb")
   for field in ("noise.eta", "noise.gamma", "noise.std"):
-    value = _get(config, field)
+    value = get_field(config, field)
     check(field, isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
           "accepted: a finite number >= 0")
   check("noise.schedule", config.noise.schedule in NOISE_SCHEDULES,

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from gradnoise.errors import UsageError
+from gradnoise.sweep import get_field
 
 CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.csv", "metrics.jsonl"
 RESULT_METRICS = ("test_accuracy", "best_test_accuracy", "train_loss")
@@ -150,7 +151,7 @@ class WorkDir:
     writer.writerow(list(fields) + metrics + ["diverged"])
     for run_id in sorted(results):
       config, result = runs[run_id], results[run_id]
-      row = [run_id] + [_lookup(config, f) for f in fields[1:]]
+      row = [run_id] + [get_field(config, f) for f in fields[1:]]
       row += [result.get(m, float("nan")) for m in metrics] + [result["diverged"]]
       writer.writerow([format_value(v) for v in row])
     write_atomic(self.file(RESULTS_FILE), out.getvalue())
@@ -183,9 +184,3 @@ class TensorBoardWriter:
       writer.close()
     self.writers.clear()
 
-
-def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node

@@ -49,8 +49,8 @@ def test_two_processes_equal_one(tmp_path):
   subprocess.run([sys.executable, "-m", "gradnoise.run", *ARGS, f"--workdir={single}"],
                  cwd=REPO, env=env(4), check=True, capture_output=True, timeout=300)
   # Same global device count: bitwise identical results and metrics.
-  with open(os.path.join(multi, "results.csv")) as a, open(os.path.join(single, "results.csv")) as b:
-    assert a.read() == b.read()
+  text = lambda d, name: open(os.path.join(d, name)).read()
+  assert text(multi, "results.csv") == text(single, "results.csv")
   lines = lambda d: sorted(open(os.path.join(d, "metrics.jsonl")).read().splitlines())
   assert lines(multi) == lines(single) and len(lines(multi)) == 32
   # One device, runs padded differently: equal within float tolerance.

@@ -1,7 +1,6 @@
 """The shared trainer: sweeps, grouping, vmapped runs, common random numbers, divergence."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
