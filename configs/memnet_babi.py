@@ -59,6 +59,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.model.hops = 3
   config.model.embedding_dim = 20
   config.model.linear_start_epochs = 0  # 0 = one-stage; the reference's two-stage: 20
+  # > 0: also end linear start once the validation loss has not improved for this many
+  # evaluations (every train.eval_every_epochs epochs); 0: after the epoch count only.
+  config.model.linear_start_patience = 0
   config.model.init_std = 0.1
   config.model.random_time = 0.1  # random empty memories ("RN"), 0 = off
   config.model.position_encoding = "reference"  # reference | paper
@@ -66,7 +69,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.path = config_dict.placeholder(str)  # tasks_1-20_v1-2 folder, or "download"
   config.data.babi_set = "en"  # en (1k) | en-10k
-  config.data.tasks = list(range(1, 21)) if arg == "table2" else SMALL_TASKS
+  config.data.tasks = tuple(range(1, 21)) if arg == "table2" else tuple(SMALL_TASKS)
   config.data.task = 1  # this run's task, one of data.tasks
   config.data.memory_size = 50
 

@@ -109,7 +109,30 @@ def apply(params: Params, stories: jax.Array, queries: jax.Array, times: jax.Arr
 
 
 def _use_softmax(hp: HParams) -> jax.Array:
-  return hp["epoch"] >= hp["linear_start_epochs"]
+  """Linear start ends after ``linear_start_epochs`` or, with a patience, earlier on a
+  validation-loss plateau (``softmax_on``, set by :func:`after_eval`)."""
+  return (hp["epoch"] >= hp["linear_start_epochs"]) | hp.get("softmax_on", False)
+
+
+def init_extra(hp: HParams, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Linear-start state: softmax switched on early, best validation loss, bad evals."""
+  return {"softmax_on": jnp.zeros([], bool), "best_valid_loss": jnp.full([], jnp.inf),
+          "bad_evals": jnp.zeros([], jnp.int32)}
+
+
+def after_eval(extra, metrics, hp: HParams, config: ml_collections.ConfigDict):
+  """Switches linear start off once the validation loss has not improved for
+  ``model.linear_start_patience`` evaluations in a row (0: only the epoch count)."""
+  patience = config.model.linear_start_patience
+  if not patience:
+    return extra
+  loss = metrics["valid_loss"]
+  improved = loss < extra["best_valid_loss"]
+  bad = jnp.where(improved, 0, extra["bad_evals"] + 1)
+  linear = ~_use_softmax({**hp, **extra})
+  return {"softmax_on": extra["softmax_on"] | (linear & (bad >= patience)),
+          "best_valid_loss": jnp.minimum(loss, extra["best_valid_loss"]),
+          "bad_evals": bad}
 
 
 def loss_fn(params: Params, batch: Batch, key: jax.Array, hp: HParams,
@@ -185,6 +208,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_int("model.hops", model.hops, 1)
   check_int("model.embedding_dim", model.embedding_dim, 1)
   check_int("model.linear_start_epochs", model.linear_start_epochs, 0)
+  check_int("model.linear_start_patience", model.linear_start_patience, 0)
   check_int("data.memory_size", data.memory_size, 1)
   check("model.init_std", model.init_std,
         isinstance(model.init_std, (int, float)) and 0 <= model.init_std < math.inf,
@@ -213,4 +237,6 @@ EXPERIMENT = experiment.register(experiment.Experiment(
     loss_fn=loss_fn,
     eval_fn=eval_fn,
     summary_metric="test_error",
+    init_extra=init_extra,
+    after_eval=after_eval,
 ))

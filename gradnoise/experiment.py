@@ -73,6 +73,8 @@ class Experiment:
       ``eval_fn``, checkpointed with the run, and logged as ``state_<name>``.
     update_extra: ``(extra, aux, hp, config) -> extra``, called after every step with the
       step's ``loss_fn`` aux metrics.
+    after_eval: ``(extra, metrics, hp, config) -> extra``, called after every evaluation
+      with its metrics (``<split>_<metric>``), e.g. to act on a validation plateau.
   """
 
   name: str
@@ -87,6 +89,7 @@ class Experiment:
   summary_metric: str = "test_accuracy"
   init_extra: Callable[..., dict[str, Any]] | None = None
   update_extra: Callable[..., dict[str, Any]] | None = None
+  after_eval: Callable[..., dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}

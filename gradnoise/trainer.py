@@ -238,7 +238,11 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
       values = jax.lax.map(lambda b: experiment.eval_fn(params, b, hp, config), batches)
       for name, v in values.items():
         out[f"{split}_{name}"] = jnp.sum(v * mask) / jnp.sum(mask)
-    return out
+    extra = state.extra
+    if experiment.after_eval:
+      extra = jax.tree.map(lambda old, new: jax.lax.select(state.diverged, old, new), extra,
+                           experiment.after_eval(extra, out, hp, config))
+    return out, extra
 
   return GroupProgram(
       init=jax.jit(jax.vmap(init)),
@@ -369,7 +373,9 @@ def train_group(
       state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
-        metrics.update(program.evaluate(state, hp, eval_data, np.int32(epoch)))
+        eval_metrics, extra = program.evaluate(state, hp, eval_data, np.int32(epoch))
+        metrics.update(eval_metrics)
+        state = state._replace(extra=extra)
       metrics = fetch(metrics)
       for i, run_id in enumerate(ids):
         row = {"run": run_id, "epoch": epoch + 1, "step": (epoch + 1) * program.steps_per_epoch}

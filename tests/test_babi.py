@@ -403,3 +403,20 @@ def test_download_uses_tfds_download_manager(monkeypatch, tmp_path):
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", failing)
   with pytest.raises(UsageError, match="could not download"):
     babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
+
+
+def test_linear_start_ends_on_a_validation_plateau():
+  c = config(linear_start_epochs=100, linear_start_patience=2)
+  hp = {**hparams(c, epoch=3), "task": jnp.float32(0)}
+  extra = memnet.init_extra(hp, c)
+  assert not memnet._use_softmax({**hp, **extra})
+  for loss, softmax_after in ((1.0, False), (0.8, False), (0.9, False), (0.85, True)):
+    extra = memnet.after_eval(extra, {"valid_loss": jnp.float32(loss)}, {**hp, **extra}, c)
+    assert bool(extra["softmax_on"]) == softmax_after
+  assert memnet._use_softmax({**hp, **extra})
+  # Patience 0: only the epoch count ends linear start.
+  c0 = config(linear_start_epochs=100, linear_start_patience=0)
+  extra0 = memnet.init_extra(hp, c0)
+  for loss in (1.0, 2.0, 3.0):
+    extra0 = memnet.after_eval(extra0, {"valid_loss": jnp.float32(loss)}, hp, c0)
+  assert not memnet._use_softmax({**hp, **extra0})

@@ -17,6 +17,7 @@ def small_config(**overrides):
   config = mnist_configs.get_config("quick")
   config.model.depth, config.model.width = 3, 16
   config.num_epochs, config.batch_size = 2, 32
+  config.clip.norm = None
   return sweep.apply_overrides(config, overrides)
 
 
