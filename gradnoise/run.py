@@ -149,7 +149,7 @@ def main(argv: Sequence[str]) -> None:
   primary = jax.process_index() == 0
   config_spec = config_flags.get_config_filename(FLAGS["config"])
   config = FLAGS.config
-  sweep = [] if FLAGS.no_sweep else load_sweep(FLAGS["config"].serialize().split("=", 1)[1])
+  sweep = [] if FLAGS.no_sweep else load_sweep(config_spec)
   runs = expand(config, sweep)
   experiment = validate(runs)
   cli_overrides = config_flags.get_override_values(FLAGS["config"])

@@ -11,6 +11,7 @@ from ``key(seed)``, so runs that differ only in eta share initial weights and ba
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -79,7 +80,6 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
 
 
 def _params(fn: Callable) -> tuple[str, ...]:
-  import inspect
   try:
     return tuple(inspect.signature(fn).parameters)
   except (TypeError, ValueError):
@@ -180,8 +180,11 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
   With ``tasks``, the data arrays have a leading task axis and each run uses the slice its
   ``hp["task"]`` selects (``Dataset.num_tasks``).
   """
-  def select(arrays, hp):
-    return {k: v[hp["task"].astype(jnp.int32)] for k, v in arrays.items()} if tasks else arrays
+  def take(arrays, hp, index):
+    """Rows ``index`` of the arrays (of the run's task, with tasks): a gather, no copy."""
+    if tasks:
+      return {k: v[hp["task"].astype(jnp.int32), index] for k, v in arrays.items()}
+    return {k: v[index] for k, v in arrays.items()}
 
   batch_size = config.batch_size
   steps = num_train // batch_size
@@ -203,9 +206,7 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
 
     def step(state, inputs):
       indices, step_num = inputs
-      # Gather the batch directly (with tasks: from the run's task), never a data copy.
-      batch = {k: v[hp["task"].astype(jnp.int32), indices] if tasks else v[indices]
-               for k, v in train_data.items()}
+      batch = take(train_data, hp, indices)
       key = jax.random.fold_in(dropout_stream, step_num)
       (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
           state.params, batch, key, {**hp, **state.extra}, config)
@@ -232,10 +233,12 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
     hp = {**hp, **state.extra, "epoch": epoch}
     out = {}
     for split, arrays in eval_data.items():
-      arrays = select(arrays, hp)
-      mask = arrays["_mask"]
+      num_batches = arrays["_mask"].shape[1 if tasks else 0]
       batches = {k: v for k, v in arrays.items() if k != "_mask"}
-      values = jax.lax.map(lambda b: experiment.eval_fn(params, b, hp, config), batches)
+      values = jax.lax.map(
+          lambda i: experiment.eval_fn(params, take(batches, hp, i), hp, config),
+          jnp.arange(num_batches))
+      mask = take({"m": arrays["_mask"]}, hp, slice(None))["m"]
       for name, v in values.items():
         out[f"{split}_{name}"] = jnp.sum(v * mask) / jnp.sum(mask)
     extra = state.extra
