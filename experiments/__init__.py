@@ -1,3 +1,1 @@
-"""The paper's experiments; each module registers itself with gradnoise.experiment."""
-
-EXPERIMENTS = ("mnist_mlp", "memnet", "neural_gpu")
+"""The built-in experiments: each module exposes EXPERIMENT (gradnoise.experiment)."""

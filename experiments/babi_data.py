@@ -17,13 +17,18 @@ sentence length and memory size), stacked on a leading task axis.
 from __future__ import annotations
 
 import dataclasses
-import glob
+import fnmatch
 import math
 import os
+import secrets
+import shutil
+import tarfile
 from typing import Sequence
+import zlib
 
 import numpy as np
 
+from experiments.mnist_data import cache_dir, fetch, not_a_folder, reason
 from gradnoise.errors import UsageError
 
 BABI_SETS = ("en", "en-10k")
@@ -83,7 +88,8 @@ def read_task_file(path: str) -> list[Example]:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
-    raise UsageError(f"data.path: cannot read bAbI file {path}: {e}") from e
+    raise UsageError(f"data.path: cannot read bAbI file {path} ({reason(e)})",
+                     field="data.path") from e
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -116,25 +122,32 @@ def read_task_file(path: str) -> list[Example]:
       raise bad("supporting fact IDs that are not numbers")
     examples.append(Example(list(story), query, answer))
   if not examples:
-    raise UsageError(f"data.path: bAbI file {path} holds no questions")
+    raise UsageError(f"data.path: bAbI file {path} holds no questions", field="data.path")
   return examples
 
 
 def _malformed(path: str, number: int, line: str, why: str) -> UsageError:
   return UsageError(f"data.path: {path}, line {number}: {why}; expected 'ID sentence' or "
-                    f"'ID question<TAB>answer<TAB>supporting IDs', got {line!r}")
+                    f"'ID question<TAB>answer<TAB>supporting IDs', got {line!r}",
+                    field="data.path")
 
 
 def task_files(folder: str, task: int) -> dict[str, str]:
   """``{"train": path, "test": path}`` of task ``task`` in a ``tasks_1-20_v1-2/<set>`` folder."""
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError as e:
+    raise UsageError(f"data.path: cannot list {folder} ({reason(e)})",
+                     field="data.path") from None
   files = {}
   for split in ("train", "test"):
-    found = sorted(glob.glob(os.path.join(glob.escape(folder), f"qa{task}_*_{split}.txt")))
+    found = fnmatch.filter(names, f"qa{task}_*_{split}.txt")
     if len(found) != 1:
       what = "no file" if not found else f"{len(found)} files"
-      raise UsageError(f"data.path: {what} matching qa{task}_*_{split}.txt in {folder}; "
-                       "expected one per task and split (the bAbI v1.2 release)")
-    files[split] = found[0]
+      raise UsageError(f"data.tasks: {what} matching qa{task}_*_{split}.txt in {folder}; "
+                       "expected one per task and split (the bAbI v1.2 release)",
+                       field="data.tasks")
+    files[split] = os.path.join(folder, found[0])
   return files
 
 
@@ -161,26 +174,60 @@ def vectorize(examples: Sequence[Example], word_ids: dict[str, int], memory_size
 
 
 DOWNLOAD = "download"
-ARCHIVE_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
+ARCHIVE_FOLDER = "tasks_1-20_v1-2"
+ARCHIVE = f"{ARCHIVE_FOLDER}.tar.gz"
+ARCHIVE_URLS = (  # the official address, then the copy Keras' bAbI examples use
+    f"http://www.thespermwhale.com/jaseweston/babi/{ARCHIVE}",
+    f"https://s3.amazonaws.com/text-datasets/babi_{ARCHIVE}",
+)
+# As recorded by Hugging Face datasets (babi_qa) for the official address.
+ARCHIVE_SIZE = 15719851
+ARCHIVE_SHA256 = "0364ebde659f14d11bc21744516c5ec49d3d06cb692733f66680771244998898"
 
 
-def download_babi(cache_dir: str | None = None) -> str:
-  """Downloads and extracts the official bAbI v1.2 archive once; returns its folder.
+def download_babi() -> str:
+  """The ``tasks_1-20_v1-2`` folder in the cache, downloaded and extracted once.
 
-  Uses tensorflow-datasets' download manager (checksummed, cached in ``cache_dir``,
-  default ``~/.cache/gradnoise/babi``), which needs no TensorFlow.
+  The cache is ``$GRADNOISE_DATA_DIR/babi``, else ``~/.cache/gradnoise/babi``; an extracted
+  folder there is used as is, an archive there is checked and extracted (no network).
   """
-  import tensorflow_datasets as tfds
-  cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gradnoise", "babi")
+  folder = cache_dir("babi")
+  target = os.path.join(folder, ARCHIVE_FOLDER)
+  if os.path.isdir(target):
+    return target
+  advice = (f"without network, download {ARCHIVE} elsewhere and put it in {folder}, or "
+            f"extract it and set data.path to its {ARCHIVE_FOLDER} folder")
+  archive = fetch(ARCHIVE, ARCHIVE_URLS, folder, ARCHIVE_SIZE, ARCHIVE_SHA256, "data.path",
+                  advice)
+  tmp = os.path.join(folder, f".{ARCHIVE_FOLDER}.{secrets.token_hex(4)}.part")
   try:
-    manager = tfds.download.DownloadManager(download_dir=cache_dir)
-    extracted = os.fspath(manager.download_and_extract(ARCHIVE_URL))
-  except Exception as e:  # noqa: BLE001 - any download failure is reported the same way
-    raise UsageError(f"data.path=download: could not download {ARCHIVE_URL} ({e}); "
-                     "download it yourself and set data.path to its tasks_1-20_v1-2 "
-                     "folder") from None
-  folder = os.path.join(extracted, "tasks_1-20_v1-2")
-  return folder if os.path.isdir(folder) else extracted
+    _extract(archive, tmp)
+    os.rename(os.path.join(tmp, ARCHIVE_FOLDER), target)
+  except FileNotFoundError:
+    raise UsageError(f"data.path: {archive} has no {ARCHIVE_FOLDER} folder; "
+                     f"delete it to download it again, or {advice}",
+                     field="data.path") from None
+  except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+    if not os.path.isdir(target):  # else another process extracted it first
+      raise UsageError(f"data.path: cannot extract {archive} into {folder} "
+                       f"({reason(e)}); {advice}", field="data.path") from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
+def _extract(archive: str, dest: str) -> None:
+  """Extracts the regular files under ``tasks_1-20_v1-2/`` of ``archive`` into ``dest``."""
+  os.makedirs(dest)
+  with tarfile.open(archive) as tar:
+    for member in tar:
+      parts = member.name.removeprefix("./").split("/")
+      if not member.isfile() or parts[0] != ARCHIVE_FOLDER or ".." in parts:
+        continue
+      path = os.path.join(dest, *parts)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with tar.extractfile(member) as src, open(path, "wb") as out:
+        shutil.copyfileobj(src, out)
 
 
 def load_babi(path: str | None, babi_set: str, tasks: Sequence[int],
@@ -194,19 +241,21 @@ def load_babi(path: str | None, babi_set: str, tasks: Sequence[int],
   """
   if path is None:
     raise UsageError("data.path: not set; set it to the bAbI tasks_1-20_v1-2 folder, or "
-                     "to 'download' to fetch the official archive")
-  if path == DOWNLOAD:
-    path = download_babi()
-  path = os.path.expanduser(os.fspath(path))
+                     "to 'download' to fetch the official archive", field="data.path")
   if babi_set not in BABI_SETS:
-    raise UsageError(f"data.babi_set={babi_set!r} is unknown; accepted: {', '.join(BABI_SETS)}")
+    raise UsageError(f"data.babi_set={babi_set!r} is unknown; accepted: {', '.join(BABI_SETS)}",
+                     field="data.babi_set")
   if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
     raise UsageError(f"data.tasks={list(tasks)!r} is invalid; accepted: distinct task ids "
-                     "from 1 to 20")
+                     "from 1 to 20", field="data.tasks")
+  path = download_babi() if path == DOWNLOAD else os.path.abspath(
+      os.path.expanduser(os.fspath(path)))
   folder = os.path.join(path, babi_set)
-  if not os.path.isdir(folder):
-    raise UsageError(f"data.path: {folder} is not a folder; set data.path to the bAbI "
-                     "tasks_1-20_v1-2 folder (holding en/ and en-10k/)")
+  why = not_a_folder(folder)
+  if why:
+    raise UsageError(f"data.path: {folder} is not a folder ({why}); set data.path to the "
+                     "bAbI tasks_1-20_v1-2 folder (holding en/ and en-10k/)",
+                     field="data.path")
   per_task = []
   for task in tasks:
     files = task_files(folder, task)
@@ -216,7 +265,8 @@ def load_babi(path: str | None, babi_set: str, tasks: Sequence[int],
     counts = {t: len(d[split]) for t, d in zip(tasks, per_task)}
     if len(set(counts.values())) != 1:
       raise UsageError(f"data.tasks: the tasks differ in their number of {split} questions "
-                       f"({counts}); tasks loaded together must have equal numbers")
+                       f"({counts}); tasks loaded together must have equal numbers",
+                       field="data.tasks")
   examples = [ex for d in per_task for split in SPLITS for ex in d[split]]
   words = {w for ex in examples for s in ex.memories + [ex.query] for w in s}
   vocab = [NIL] + sorted(words | {ex.answer for ex in examples})

@@ -29,7 +29,6 @@ from the tasks loaded together (``data.tasks``), stacked on the Dataset's task a
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ import numpy as np
 import optax
 
 from experiments import babi_data
-from gradnoise import experiment
+from gradnoise import experiment, fields
 from gradnoise.errors import UsageError
 
 Params = list[jax.Array]
@@ -194,42 +193,38 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
   }
 
 
+FIELDS = {
+    "model.hops": fields.integer(1),
+    "model.embedding_dim": fields.integer(1),
+    "model.linear_start_epochs": fields.integer(0),
+    "model.linear_start_patience": fields.integer(0),
+    "model.init_std": fields.number(0),
+    "model.random_time": fields.number(0, 1),
+    "model.position_encoding": fields.choice(*POSITION_ENCODINGS),
+    "data.path": fields.text(description="the bAbI tasks_1-20_v1-2 folder, or download"),
+    "data.babi_set": fields.choice(*babi_data.BABI_SETS),
+    "data.tasks": fields.integers(min(babi_data.TASKS), max(babi_data.TASKS)),
+    "data.task": fields.integer(min(babi_data.TASKS), max(babi_data.TASKS)),
+    "data.memory_size": fields.integer(1),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  model, data = config.model, config.data
-
-  def check(name, value, ok, accepted):
-    if not ok:
-      raise UsageError(f"config field {name}={value!r} is invalid; accepted: {accepted}.")
-
-  def check_int(name, value, low):
-    check(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= low,
-          f"an integer >= {low}")
-
-  check_int("model.hops", model.hops, 1)
-  check_int("model.embedding_dim", model.embedding_dim, 1)
-  check_int("model.linear_start_epochs", model.linear_start_epochs, 0)
-  check_int("model.linear_start_patience", model.linear_start_patience, 0)
-  check_int("data.memory_size", data.memory_size, 1)
-  check("model.init_std", model.init_std,
-        isinstance(model.init_std, (int, float)) and 0 <= model.init_std < math.inf,
-        "a finite number >= 0")
-  check("model.random_time", model.random_time,
-        isinstance(model.random_time, (int, float)) and 0 <= model.random_time <= 1,
-        "a number in [0, 1]")
-  check("model.position_encoding", model.position_encoding,
-        model.position_encoding in POSITION_ENCODINGS, ", ".join(POSITION_ENCODINGS))
-  check("data.babi_set", data.babi_set, data.babi_set in babi_data.BABI_SETS,
-        ", ".join(babi_data.BABI_SETS))
-  tasks = list(data.tasks)
-  check("data.tasks", tasks, tasks and len(set(tasks)) == len(tasks)
-        and all(t in babi_data.TASKS for t in tasks), "distinct task ids from 1 to 20")
-  check("data.task", data.task, data.task in tasks, f"one of data.tasks {tasks}")
+  """Rules between fields (each field's own range is in FIELDS)."""
+  tasks = list(config.data.tasks)
+  if len(set(tasks)) != len(tasks):
+    raise UsageError(f"config field data.tasks={tasks!r} is invalid; accepted: distinct task "
+                     "ids.", field="data.tasks")
+  if config.data.task not in tasks:
+    raise UsageError(f"config field data.task={config.data.task!r} is invalid; accepted: one "
+                     f"of data.tasks {tasks}.", field="data.task")
 
 
-EXPERIMENT = experiment.register(experiment.Experiment(
+EXPERIMENT = experiment.Experiment(
     name="memnet",
     traced_fields=("data.task", "model.linear_start_epochs", "model.init_std",
                    "model.random_time"),
+    fields=FIELDS,
     validate=validate,
     load_data=load_data,
     hparams=hparams,
@@ -239,4 +234,4 @@ EXPERIMENT = experiment.register(experiment.Experiment(
     summary_metric="test_error",
     init_extra=init_extra,
     after_eval=after_eval,
-))
+)

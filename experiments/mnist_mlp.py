@@ -16,8 +16,7 @@ import numpy as np
 import optax
 
 from experiments import mnist_data
-from gradnoise import experiment
-from gradnoise.errors import UsageError
+from gradnoise import experiment, fields
 
 INPUTS, CLASSES = 784, 10
 INITS = ("zero", "simple", "he", "sussillo_abbott")
@@ -53,25 +52,15 @@ def init_stds(config: ml_collections.ConfigDict) -> np.ndarray:
   return stds.astype(np.float32)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  model = config.model
-  if model.init not in INITS:
-    raise UsageError(f"config field model.init={model.init!r} is unknown; "
-                     f"accepted: {', '.join(INITS)}.")
-  if model.activation not in ACTIVATIONS:
-    raise UsageError(f"config field model.activation={model.activation!r} is unknown; "
-                     f"accepted: {', '.join(ACTIVATIONS)}.")
-  for name in ("depth", "width"):
-    value = model[name]
-    if not isinstance(value, int) or value < (0 if name == "depth" else 1):
-      raise UsageError(f"config field model.{name}={value!r} is invalid; accepted: an "
-                       f"integer >= {0 if name == 'depth' else 1}.")
-  if not 0.0 <= model.dropout_rate < 1.0:
-    raise UsageError(f"config field model.dropout_rate={model.dropout_rate!r} is invalid; "
-                     "accepted: a number in [0, 1).")
-  if config.data.source not in mnist_data.SOURCES:
-    raise UsageError(f"config field data.source={config.data.source!r} is unknown; "
-                     f"accepted: {', '.join(mnist_data.SOURCES)}.")
+FIELDS = {
+    "model.depth": fields.integer(0),
+    "model.width": fields.integer(1),
+    "model.activation": fields.choice(*ACTIVATIONS),
+    "model.init": fields.choice(*INITS),
+    "model.dropout_rate": fields.number(0, 1, high_open=True),
+    "data.source": fields.choice(*mnist_data.SOURCES),
+    "data.path": fields.optional(fields.text(), "the source's default location"),
+}
 
 
 def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
@@ -124,14 +113,14 @@ def eval_fn(params, batch, hp, config):
   }
 
 
-EXPERIMENT = experiment.register(experiment.Experiment(
+EXPERIMENT = experiment.Experiment(
     name="mnist_mlp",
     traced_fields=("model.init", "model.dropout_rate"),
-    validate=validate,
+    fields=FIELDS,
     load_data=load_data,
     hparams=hparams,
     init_params=init_params,
     loss_fn=loss_fn,
     eval_fn=eval_fn,
     code_key=lambda config: {"dropout": config.model.dropout_rate > 0},
-))
+)

@@ -59,7 +59,7 @@ the gradient: ``init_extra`` / ``update_extra``. The trainer passes it to ``loss
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,7 @@ import numpy as np
 import optax
 
 from experiments import binary_tasks
-from gradnoise import experiment
+from gradnoise import experiment, fields
 from gradnoise.errors import UsageError
 
 Params = dict[str, Any]
@@ -295,37 +295,42 @@ def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
                    f"{data.test_bits} bits (seed {data.seed})"))
 
 
+FIELDS = {
+    "data.task": fields.choice(*binary_tasks.TASKS),
+    "data.train_bits": fields.integer(1),
+    "data.test_bits": fields.integer(1),
+    "data.pool_size": fields.integer(1),
+    "data.test_examples": fields.integer(1),
+    "data.seed": fields.integer(0, 2**32 - 1),
+    "model.maps": fields.integer(1),
+    "model.width": fields.integer(1),
+    "model.cgrus": fields.integer(1),
+    "model.dropout_rate": fields.number(0, 1, high_open=True),
+    "model.init_scale": fields.number(0, low_open=True),
+    "model.remat": fields.flag(),
+    "relax.copies": fields.integer(1),
+    "relax.pull": fields.number(0),
+    "relax.pull_growth": fields.number(1),
+    "relax.pull_max": fields.number(0, low_open=True),
+    "curriculum.start_bits": fields.integer(1),
+    "curriculum.threshold": fields.number(0, 1, low_open=True),
+    "curriculum.window": fields.integer(1),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  def check(name: str, ok: Callable[[Any], bool], accepted: str) -> None:
-    value = config
-    for part in name.split("."):
-      value = value[part]
-    if not ok(value):
-      raise UsageError(f"config field {name}={value!r} is invalid; accepted: {accepted}.")
-
-  def integer(low: int) -> Callable[[Any], bool]:
-    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= low
-
-  check("data.task", lambda x: x in binary_tasks.TASKS, ", ".join(binary_tasks.TASKS))
-  for name in ("data.train_bits", "data.test_bits", "data.pool_size", "data.test_examples",
-               "model.maps", "model.width", "model.cgrus", "relax.copies",
-               "curriculum.window", "curriculum.start_bits"):
-    check(name, integer(1), "an integer >= 1")
-  check("data.seed", integer(0), "an integer >= 0")
-  check("curriculum.start_bits", lambda x: x <= config.data.train_bits,
-        f"at most data.train_bits={config.data.train_bits}")
-  check("model.dropout_rate", lambda x: 0 <= x < 1, "a number in [0, 1)")
-  check("model.init_scale", lambda x: x > 0, "a number > 0")
-  check("relax.pull", lambda x: x >= 0, "a number >= 0")
-  check("relax.pull_growth", lambda x: x >= 1, "a number >= 1")
-  check("relax.pull_max", lambda x: x > 0, "a number > 0")
-  check("curriculum.threshold", lambda x: 0 < x <= 1, "a number in (0, 1]")
+  """Rules between fields (each field's own range is in FIELDS)."""
+  if config.curriculum.start_bits > config.data.train_bits:
+    raise UsageError(f"config field curriculum.start_bits={config.curriculum.start_bits!r} is "
+                     f"invalid; accepted: at most data.train_bits={config.data.train_bits}.",
+                     field="curriculum.start_bits")
 
 
-EXPERIMENT = experiment.register(experiment.Experiment(
+EXPERIMENT = experiment.Experiment(
     name="neural_gpu",
     traced_fields=("model.init_scale", "model.dropout_rate", "relax.pull",
                    "relax.pull_growth", "curriculum.threshold"),
+    fields=FIELDS,
     validate=validate,
     load_data=load_data,
     hparams=hparams,
@@ -336,4 +341,4 @@ EXPERIMENT = experiment.register(experiment.Experiment(
     summary_metric="test_seq_error",
     init_extra=init_extra,
     update_extra=update_extra,
-))
+)

@@ -1,21 +1,27 @@
-"""The interface an experiment implements, and the registry the trainer finds it in.
+"""The interface an experiment implements, and how the trainer finds an experiment module.
 
-An experiment module (``experiments/<name>.py``) builds one :class:`Experiment` and calls
-:func:`register`. ``gradnoise`` knows no experiment by name: :func:`get` imports
-``experiments.<name>`` on demand.
+An experiment is a module that exposes ``EXPERIMENT``, an :class:`Experiment`. The config
+field ``experiment`` names it (:func:`load`): a built-in short name (``mnist_mlp`` is
+``experiments.mnist_mlp``), any importable dotted module path (``mylab.noise.cifar``) or a
+Python file (``path/to/my_experiment.py``, relative to the current directory).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+import importlib.util
+import os
+import pkgutil
+import sys
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 
 from gradnoise.errors import UsageError
+from gradnoise.fields import Field
 
 Config = ml_collections.ConfigDict
 Batch = dict[str, jax.Array]
@@ -54,7 +60,11 @@ class Experiment:
     traced_fields: config fields (dotted) that only change numbers, not shapes or code:
       runs that differ only in these (and the trainer's own traced fields: seed, learning
       rate, noise, clipping) share one compiled program.
-    validate: ``config -> None``; raises UsageError naming a bad field.
+    fields: dotted name -> :class:`gradnoise.fields.Field` for every config field the
+      experiment adds to the trainer's (``trainer.FIELDS``); each run's config is checked
+      against them before anything is written.
+    validate: ``config -> None``; checks rules between fields (raises UsageError naming a
+      field); the per-field checks come from ``fields``.
     load_data: ``config -> Dataset``.
     hparams: ``config -> {name: number or array}``, the per-run traced values this
       experiment reads in ``init_params`` / ``loss_fn`` (all runs of a group give the same
@@ -79,12 +89,13 @@ class Experiment:
 
   name: str
   traced_fields: tuple[str, ...]
-  validate: Callable[[Config], None]
+  fields: Mapping[str, Field]
   load_data: Callable[[Config], Dataset]
   hparams: Callable[[Config], dict[str, Any]]
   init_params: Callable[..., Any]
   loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   eval_fn: Callable[..., dict[str, jax.Array]]
+  validate: Callable[[Config], None] = lambda config: None
   code_key: Callable[[Config], Any] = lambda config: None
   summary_metric: str = "test_accuracy"
   init_extra: Callable[..., dict[str, Any]] | None = None
@@ -92,33 +103,73 @@ class Experiment:
   after_eval: Callable[..., dict[str, Any]] | None = None
 
 
-_REGISTRY: dict[str, Experiment] = {}
+BUILTIN_PACKAGE = "experiments"
 
 
-def register(experiment: Experiment) -> Experiment:
-  """Makes ``experiment`` available to :func:`get` under its name."""
-  _REGISTRY[experiment.name] = experiment
+def load(name: str) -> Experiment:
+  """The ``EXPERIMENT`` of the module that the config field ``experiment`` names.
+
+  Raises UsageError when the module cannot be found or exposes no Experiment; an error
+  raised while importing a module that does exist propagates.
+  """
+  if not isinstance(name, str) or not name:
+    raise UsageError(f"config field experiment={name!r} is invalid; accepted: a built-in "
+                     f"experiment ({', '.join(builtin_names())}), a dotted module path or a "
+                     ".py file.", field="experiment")
+  if name.endswith(".py"):
+    module = _import_file(name)
+  else:
+    dotted = name if "." in name else f"{BUILTIN_PACKAGE}.{name}"
+    try:
+      module = importlib.import_module(dotted)
+    except ModuleNotFoundError as e:
+      if not (dotted == e.name or dotted.startswith(f"{e.name}.")):
+        raise  # the module exists but one of its own imports is missing
+      raise UsageError(f"config field experiment={name!r}: no module {dotted!r} (on sys.path "
+                       f"from {os.getcwd()}); accepted: a built-in experiment "
+                       f"({', '.join(builtin_names())}), a dotted module path importable "
+                       "here (add its folder to PYTHONPATH) or a .py file.",
+                       field="experiment") from None
+  experiment = getattr(module, "EXPERIMENT", None)
+  if not isinstance(experiment, Experiment):
+    raise UsageError(f"config field experiment={name!r}: module {module.__name__} "
+                     f"({getattr(module, '__file__', '?')}) has no EXPERIMENT of type "
+                     "gradnoise.experiment.Experiment.", field="experiment")
   return experiment
 
 
-def get(name: str) -> Experiment:
-  """The experiment registered as ``name``, importing ``experiments.<name>`` if needed."""
-  if name not in _REGISTRY:
+def _import_file(path: str):
+  full = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(full):
+    raise UsageError(f"config field experiment={path!r}: file {full} not found (relative "
+                     f"paths are taken from the current directory {os.getcwd()}).",
+                     field="experiment")
+  module_name = f"_gradnoise_experiment_{abs(hash(full))}"
+  if module_name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(module_name, full)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
     try:
-      importlib.import_module(f"experiments.{name}")
-    except ModuleNotFoundError as e:
-      if e.name not in (f"experiments.{name}", "experiments"):
-        raise
-  if name not in _REGISTRY:
-    known = sorted(set(_REGISTRY) | set(_available()))
-    raise UsageError(f"config field experiment={name!r} is not a known experiment; "
-                     f"known: {', '.join(known) or 'none'}.")
-  return _REGISTRY[name]
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[module_name]
+      raise
+  return sys.modules[module_name]
 
 
-def _available() -> list[str]:
+def builtin_names() -> list[str]:
+  """The experiment modules of the built-in package (those that define EXPERIMENT)."""
   try:
-    package = importlib.import_module("experiments")
+    package = importlib.import_module(BUILTIN_PACKAGE)
   except ModuleNotFoundError:
     return []
-  return list(getattr(package, "EXPERIMENTS", ()))
+  names = []
+  for info in pkgutil.iter_modules(package.__path__):
+    spec = importlib.util.find_spec(f"{BUILTIN_PACKAGE}.{info.name}")
+    try:
+      with open(spec.origin) as f:
+        if "\nEXPERIMENT = " in f.read():
+          names.append(info.name)
+    except (OSError, TypeError):
+      continue
+  return sorted(names)

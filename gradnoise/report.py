@@ -4,7 +4,9 @@ Reads each work dir's ``results.csv`` (final metrics of finished runs), ``metric
 (curves) and ``config.json`` (the settings of runs not finished yet), groups the runs into
 settings (their overrides other than seed and noise) and compares each noise level with no
 noise: a summary table, threshold counts, paired tests over shared seeds, curves over
-training steps and the distribution of final values. Works on a sweep that is still running.
+training steps and the distribution of final values. A run's noise level is the field its
+``noise.schedule`` uses (``noise.eta`` annealed, ``noise.std`` constant) unless a field is
+given. Works on a sweep that is still running.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.csv", "metrics
 DEFAULT_CURVES = ("train_loss", "test_accuracy")
 NOT_METRICS = frozenset({"run", "seed", "diverged", "workdir", "step", "epoch"})
 MIN_WILCOXON_PAIRS = 6
+# noise.schedule (default annealed) -> the field holding its noise level, as the trainer reads it.
+SCHEDULE_FIELD, DEFAULT_SCHEDULE = "noise.schedule", "annealed"
+SCHEDULE_NOISE_FIELDS = {"annealed": "noise.eta", "constant": "noise.std"}
 _MISSING = object()
 
 
@@ -89,9 +94,10 @@ class SweepData:
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  """The runs of one setting with one noise level (0: no noise)."""
+  """The runs of one setting with one noise level of one field (0: no noise, field "")."""
 
   noise: float
+  field: str
   label: str
   runs: list[Run]
 
@@ -144,7 +150,7 @@ class PairStats:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-  """Everything the tables and plots show."""
+  """Everything the tables and plots show; ``noise_field`` describes the noise fields."""
 
   workdirs: list[str]
   metric: str
@@ -369,44 +375,72 @@ def _check_field(data: SweepData, field: str, flag: str) -> None:
                      f"{', '.join(sorted(data.known_fields))}.")
 
 
-def _noise(run: Run, noise_field: str) -> float:
-  value = run.get(noise_field)
-  if value is None:
-    return 0.0
+def _schedule(run: Run) -> str:
+  schedule = run.get(SCHEDULE_FIELD) or DEFAULT_SCHEDULE
+  if schedule not in SCHEDULE_NOISE_FIELDS:
+    raise UsageError(f"run {run.run} of {run.workdir} has {SCHEDULE_FIELD}={schedule!r}, "
+                     f"whose noise field is unknown (known schedules: "
+                     f"{', '.join(SCHEDULE_NOISE_FIELDS)}); give it with --noise_field.")
+  return schedule
+
+
+def _noise_fields(noise_field: str | None) -> tuple[str, ...]:
+  """The fields that make the noise arms, never settings: ``noise_field``, else the
+  schedule and every schedule's field."""
+  if noise_field:
+    return (noise_field,)
+  return (SCHEDULE_FIELD, *SCHEDULE_NOISE_FIELDS.values())
+
+
+def _noise(run: Run, noise_field: str | None) -> tuple[float, str]:
+  """The run's noise level and its field (``noise_field``, else its schedule's); 0, ""."""
+  field = noise_field or SCHEDULE_NOISE_FIELDS[_schedule(run)]
+  value = run.get(field)
   try:
-    return float(value)
+    noise = 0.0 if value is None else float(value)
   except (TypeError, ValueError):
-    raise UsageError(f"--noise_field {noise_field}: run {run.run} of {run.workdir} has the "
+    raise UsageError(f"noise field {field}: run {run.run} of {run.workdir} has the "
                      f"non-numeric value {value!r}.") from None
+  return (noise, field) if noise else (0.0, "")
 
 
-def _arm_label(noise: float, noise_field: str) -> str:
-  return "no noise" if noise == 0 else f"{noise_field}={noise:g}"
+def _arm_order(noise: tuple[float, str]) -> tuple[bool, str, float]:
+  return noise[0] != 0, noise[1], noise[0]
 
 
 def group_runs(data: SweepData, group_by: Sequence[str] | None = None,
-               noise_field: str = "noise.eta") -> tuple[list[str], list[Setting]]:
+               noise_field: str | None = None) -> tuple[list[str], list[Setting]]:
   """Settings (first-seen order) of every run, and the fields they are grouped on.
 
-  ``group_by`` defaults to every swept field; seed and ``noise_field`` never group.
+  ``noise_field`` None: each run's noise level is the field of its ``noise.schedule``.
+  ``group_by`` defaults to every swept field; seed and the noise fields never group. Arms
+  are labelled "no noise" and "noise", or "noise (<field> <level>)" where levels differ.
   """
-  if any(r.config for r in data.runs):  # without a config only swept fields are known
+  if noise_field and any(r.config for r in data.runs):  # else only swept fields are known
     _check_field(data, noise_field, "--noise_field")
   if group_by is None:
     group_by = data.swept
   for field in group_by:
     _check_field(data, field, "--group_by")
-  fields = [f for f in dict.fromkeys(group_by) if f not in (noise_field, "seed")]
-  by_key: dict[tuple[Any, ...], tuple[dict[str, Any], dict[float, list[Run]]]] = {}
+  skip = {"seed", *_noise_fields(noise_field)}
+  fields = [f for f in dict.fromkeys(group_by) if f not in skip]
+  by_key: dict[tuple[Any, ...], tuple[dict[str, Any], dict[tuple[float, str], list[Run]]]] = {}
   for run in data.runs:
     values = {f: run.get(f) for f in fields}
     key = tuple(_hashable(v) for v in values.values())
     by_key.setdefault(key, (values, {}))[1].setdefault(_noise(run, noise_field), []).append(run)
+  levels = {n for _, arms in by_key.values() for n in arms if n[0]}
+
+  def label(noise: float, field: str) -> str:
+    if not noise:
+      return "no noise"
+    return "noise" if len(levels) == 1 else f"noise ({field.rsplit('.', 1)[-1]} {noise:g})"
+
   settings = []
   for values, arms in by_key.values():
-    label = ", ".join(f"{f}={_fmt_value(v)}" for f, v in values.items()) or "all runs"
-    settings.append(Setting(label, values, [Arm(n, _arm_label(n, noise_field), arms[n])
-                                            for n in sorted(arms)]))
+    setting = ", ".join(f"{f}={_fmt_value(v)}" for f, v in values.items()) or "all runs"
+    settings.append(Setting(setting, values, [Arm(*n, label(*n), arms[n])
+                                              for n in sorted(arms, key=_arm_order)]))
   return fields, settings
 
 
@@ -461,11 +495,12 @@ def _pair_stats(setting: Setting, arm: Arm, base: Arm, metric: str,
 
 
 def analyze(data: SweepData, metric: str = "test_accuracy", *,
-            group_by: Sequence[str] | None = None, noise_field: str = "noise.eta",
+            group_by: Sequence[str] | None = None, noise_field: str | None = None,
             higher_is_better: bool | None = None,
             thresholds: Sequence[float] = ()) -> Report:
   """Groups the runs and computes the table statistics of ``metric``.
 
+  ``noise_field`` None: from each run's ``noise.schedule`` (see :func:`group_runs`).
   ``higher_is_better`` None: False if the metric name contains "error" or "loss".
   """
   if data.metrics and metric not in data.metrics:
@@ -477,7 +512,8 @@ def analyze(data: SweepData, metric: str = "test_accuracy", *,
   lacking = sum(r.final is not None and metric not in r.final for r in data.runs)
   if lacking:
     _warn(f"{lacking} finished runs have no {metric!r} column; left out of the tables.")
-  pair_fields = [f for f in data.swept if f not in fields and f != noise_field]
+  skip = set(fields) | set(_noise_fields(noise_field))
+  pair_fields = [f for f in data.swept if f not in skip]
   arms, pairs = [], []
   for setting in settings:
     arms += [_arm_stats(setting, a, metric, higher_is_better, thresholds)
@@ -485,7 +521,10 @@ def analyze(data: SweepData, metric: str = "test_accuracy", *,
     base = setting.arms[0]
     if base.noise == 0:
       pairs += [_pair_stats(setting, a, base, metric, pair_fields) for a in setting.arms[1:]]
-  return Report(list(data.workdirs), metric, higher_is_better, noise_field, fields,
+  noise_source = noise_field or ", ".join(
+      f"{SCHEDULE_NOISE_FIELDS[s]} ({SCHEDULE_FIELD}={s})"
+      for s in sorted({_schedule(r) for r in data.runs}))
+  return Report(list(data.workdirs), metric, higher_is_better, noise_source, fields,
                 list(thresholds), settings, [a for a in arms if a.runs],
                 [p for p in pairs if p.pairs or p.dropped],
                 unfinished=sum(r.final is None for r in data.runs))
@@ -506,9 +545,10 @@ def _threshold_label(report: Report, t: float) -> str:
   return f"{'>=' if report.higher_is_better else '<'} {t:g}"
 
 
-def _arm_labels(report: Report) -> list[str]:
-  arms = {a.noise: a.label for s in report.settings for a in s.arms}
-  return [arms[n] for n in sorted(arms)]
+def arm_labels(report: Report) -> list[str]:
+  """The arms' labels in report order: "no noise" first, then by noise level."""
+  arms = {(a.noise, a.field): a.label for s in report.settings for a in s.arms}
+  return [arms[n] for n in sorted(arms, key=_arm_order)]
 
 
 def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
@@ -517,8 +557,8 @@ def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
   direction = "higher" if report.higher_is_better else "lower"
   lines = [f"# Gradient noise: {m}", "",
            f"Work dirs: {', '.join(report.workdirs)}. Settings grouped by: "
-           f"{', '.join(report.group_by) or 'nothing (all runs)'}. Noise field: "
-           f"{report.noise_field} (0 or unset: no noise). {m}: {direction} is better."]
+           f"{', '.join(report.group_by) or 'nothing (all runs)'}. Noise level: "
+           f"{report.noise_field}; 0 or unset: no noise. {m}: {direction} is better."]
   if report.unfinished:
     lines.append(f"{report.unfinished} runs are not finished yet: they appear in the curves "
                  "only.")
@@ -536,7 +576,7 @@ def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
               "count as failures in threshold counts. sd: ddof=1; 95% CI: half-width "
               "t(0.975, n-1)·sd/√n, blank for n = 1."]
   if report.arms and report.thresholds:
-    labels = _arm_labels(report)
+    labels = arm_labels(report)
     lines += ["", f"## Runs with {m} {'>=' if report.higher_is_better else '<'} threshold",
               ""]
     rows = []
@@ -569,20 +609,21 @@ def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
 
 def write_summary_csv(report: Report, path: str) -> None:
   """summary.csv: one row per setting and noise arm; paired columns on the noise arms."""
-  pairs = {(id(p.setting), p.arm.noise): p for p in report.pairs}
+  pairs = {id(p.arm): p for p in report.pairs}
   op = "ge" if report.higher_is_better else "lt"
-  header = (["setting"] + report.group_by + ["noise", "runs", "diverged", "nonfinite",
-            "best", "mean", "sd", "ci95"] + [f"runs_{op}_{t:g}" for t in report.thresholds]
+  header = (["setting"] + report.group_by + ["noise_field", "noise", "runs", "diverged",
+            "nonfinite", "best", "mean", "sd", "ci95"]
+            + [f"runs_{op}_{t:g}" for t in report.thresholds]
             + ["pairs", "mean_diff", "p_ttest", "p_wilcoxon"])
   num = lambda x: repr(x) if math.isfinite(x) else ""
   with open(path, "w", newline="") as f:
     writer = csv.writer(f, lineterminator="\n")
     writer.writerow(header)
     for a in report.arms:
-      p = pairs.get((id(a.setting), a.arm.noise))
+      p = pairs.get(id(a.arm))
       writer.writerow(
           [a.setting.label] + [_fmt_value(a.setting.values[g]) for g in report.group_by]
-          + [repr(a.arm.noise), a.runs, a.diverged, a.nonfinite]
+          + [a.arm.field, repr(a.arm.noise), a.runs, a.diverged, a.nonfinite]
           + [num(x) for x in (a.best, a.mean, a.sd, a.ci95)] + list(a.passed)
           + ([p.pairs, num(p.mean_diff), num(p.p_ttest), num(p.p_wilcoxon)] if p
              else ["", "", "", ""]))
@@ -614,7 +655,7 @@ def _curve(runs: Sequence[Run], name: str
 
 def plot_curves(report: Report, out: str, curves: Sequence[str]) -> list[str]:
   """One PNG per setting: each metric over steps, mean and min-max band per noise arm."""
-  colors = {label: f"C{i}" for i, label in enumerate(_arm_labels(report))}
+  colors = {label: f"C{i}" for i, label in enumerate(arm_labels(report))}
   files = []
   for i, setting in enumerate(report.settings):
     if not curves or not any(r.curve for a in setting.arms for r in a.runs):
@@ -652,7 +693,7 @@ def plot_final(report: Report, out: str) -> str | None:
   """One PNG: the final metric of every finished run, box and points per setting and arm."""
   if not report.arms:
     return None
-  labels = _arm_labels(report)
+  labels = arm_labels(report)
   colors = {label: f"C{i}" for i, label in enumerate(labels)}
   settings = [s for s in report.settings if any(a.setting is s for a in report.arms)]
   width = 0.8 / len(labels)
@@ -686,7 +727,7 @@ def plot_final(report: Report, out: str) -> str | None:
 
 def make_report(workdirs: Sequence[str], out: str | None = None,
                 metric: str = "test_accuracy", *, group_by: Sequence[str] | None = None,
-                noise_field: str = "noise.eta", higher_is_better: bool | None = None,
+                noise_field: str | None = None, higher_is_better: bool | None = None,
                 thresholds: Sequence[float] = (), curves: Sequence[str] | None = None,
                 plots: bool = True) -> str:
   """Writes report.md, summary.csv and the PNGs to ``out``; returns the Markdown.
@@ -725,9 +766,10 @@ flags.DEFINE_string("metric", "test_accuracy", "results.csv column to tabulate."
 flags.DEFINE_boolean("higher_is_better", True, "Whether larger metric values are better; "
                      "unset: false if the metric name contains 'error' or 'loss'.")
 flags.DEFINE_string("group_by", "", "Comma list of dotted fields that define a setting; "
-                    "default: every swept field except seed and --noise_field.")
-flags.DEFINE_string("noise_field", "noise.eta", "Field giving the noise level; 0 or unset: "
-                    "no noise.")
+                    "default: every swept field except seed and the noise fields.")
+flags.DEFINE_string("noise_field", "", "Field giving the noise level (0 or unset: no noise); "
+                    "default: each run's noise.schedule decides (noise.eta for annealed, "
+                    "noise.std for constant).")
 flags.DEFINE_string("thresholds", "", "Comma list, e.g. 0.01,0.05: count runs with metric "
                     "< threshold (lower is better) or >= threshold (higher is better).")
 flags.DEFINE_string("curves", ",".join(DEFAULT_CURVES), "Comma list of metrics.jsonl "
@@ -740,7 +782,7 @@ def main(argv: Sequence[str]) -> int:
   try:
     text = make_report(
         argv[1:], FLAGS.out, FLAGS.metric,
-        group_by=parse_list(FLAGS.group_by) or None, noise_field=FLAGS.noise_field,
+        group_by=parse_list(FLAGS.group_by) or None, noise_field=FLAGS.noise_field or None,
         higher_is_better=(FLAGS.higher_is_better if FLAGS["higher_is_better"].present
                           else None),
         thresholds=parse_thresholds(FLAGS.thresholds),

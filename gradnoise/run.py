@@ -1,254 +1,215 @@
 r"""Trains a sweep of runs defined by a config file.
 
     python -m gradnoise.run --config configs/mnist_mlp.py:quick --workdir /tmp/quick \
-        [--config.noise.eta=0.3 ...] [--no_sweep] [--overwrite]
+        [--config.noise.gamma=0.5 ...] [--no_sweep] [--overwrite] [--accept_env_change] \
+        [--dry_run]
 
-The config file defines ``get_config(arg)`` and, for variants that sweep,
-``get_sweep(arg)`` (a list of override dicts, see gradnoise.sweep). Command-line overrides
-apply to the base config; sweep values apply on top. ``--no_sweep`` runs the base config
-alone. Bad input prints one ``error:`` line and exits with code 2.
+The config file defines ``get_config(arg)`` and, for variants that sweep, ``get_sweep(arg)``
+(a list of override dicts, see gradnoise.sweep). ``--config.a.b=value`` overrides the base
+config; a field may not be set both on the command line and by the sweep. ``--no_sweep``
+runs the base config alone. Bad input prints one ``error:`` line, writes nothing and exits
+with code 2. The work is done by :mod:`gradnoise.launch`; this module parses flags.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import contextlib
+import errno
+import logging as pylogging
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Sequence, TextIO
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from gradnoise import experiment as experiment_lib
-from gradnoise import sweep as sweep_lib
-from gradnoise import progress as progress_lib
-from gradnoise import trainer, workdir as workdir_lib
+from gradnoise import overrides as overrides_lib
 from gradnoise.errors import UsageError
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, path[:variant].",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for config.json, results.csv, metrics.jsonl.")
-flags.DEFINE_bool("no_sweep", False, "Run the base config alone, without its sweep.")
-flags.DEFINE_bool("overwrite", False, "Replace a work dir that holds a different config.")
-flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize() "
-                  "with its cluster auto-detection (SLURM, Open MPI, Cloud TPU, "
-                  "JAX_COORDINATOR_ADDRESS).")
-flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.")
+USAGE = ("usage: python -m gradnoise.run --config=FILE.py[:VARIANT] --workdir=DIR "
+         "[--config.a.b=VALUE ...] [--no_sweep] [--overwrite] [--accept_env_change] "
+         "[--dry_run]")
 
 
-def init_distributed() -> None:
+def _define_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("config", None, "Config file, path[:variant] (relative to the current "
+                      "directory).", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "Directory for config.json, results.csv, "
+                      "metrics.jsonl, tensorboard/ and checkpoints/: new, empty, or a "
+                      "gradnoise work dir.", flag_values=fv)
+  flags.DEFINE_bool("no_sweep", False, "Run the base config alone, without its sweep.",
+                    flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace a work dir that holds a different sweep: "
+                    "removes only the files gradnoise wrote there.", flag_values=fv)
+  flags.DEFINE_bool("accept_env_change", False, "Resume although jax, jaxlib, the backend, "
+                    "the PRNG settings or the device count changed since the work dir was "
+                    "started (the change is recorded in config.json).", flag_values=fv)
+  flags.DEFINE_bool("dry_run", False, "Check everything and print the plan; write nothing.",
+                    flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "Multi-process run: call "
+                    "jax.distributed.initialize() with its cluster auto-detection (SLURM, "
+                    "Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS).", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of "
+                      "process 0.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.",
+                       flag_values=fv)
+  return fv
+
+
+def _help(args: Sequence[str], out: TextIO) -> None:
+  from gradnoise import launch
+  print(USAGE, file=out)
+  print(__doc__.split("\n\n", 2)[2].strip(), file=out)
+  print("\nflags:", file=out)
+  fv = _define_flags()
+  for name in fv:
+    print(f"  --{name}: {fv[name].help}", file=out)
+  spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if spec:
+    names = launch.variants(spec)
+    print(f"\nvariants of {spec.partition(':')[0]}: "
+          f"{', '.join(names) if names else '(none listed in VARIANTS)'}", file=out)
+
+
+def _init_distributed(fv: flags.FlagValues) -> None:
   """Starts JAX's multi-controller runtime when asked to (before any computation)."""
-  explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if not FLAGS.distributed and all(v is None for v in explicit):
+  explicit = (fv.coordinator_address, fv.num_processes, fv.process_id)
+  if not fv.distributed and all(v is None for v in explicit):
     return
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
   jax.distributed.initialize(*explicit)
 
 
-def barrier(name: str) -> None:
-  import jax
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def load_sweep(config_spec: str) -> list[dict[str, Any]]:
-  """Calls ``get_sweep(arg)`` of the config file ``path[:arg]``, or returns []."""
-  path, _, arg = config_spec.partition(":")
-  spec = importlib.util.spec_from_file_location("_gradnoise_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    return []
-  return module.get_sweep(arg) if arg else module.get_sweep()
-
-
-def expand(config, sweep: Sequence[dict[str, Any]]) -> list:
-  """The run configs: base config + each override dict (or the base config alone)."""
-  return [sweep_lib.apply_overrides(config, o) for o in sweep] or [
-      sweep_lib.apply_overrides(config, {})]
-
-
-def validate(runs: Sequence) -> experiment_lib.Experiment:
-  names = {c.experiment for c in runs}
-  if len(names) > 1:
-    raise UsageError(f"config field experiment: one sweep must use one experiment, "
-                     f"got {sorted(names)}.")
-  experiment = experiment_lib.get(names.pop())
-  for config in runs:
-    trainer.validate_common(config)
-    experiment.validate(config)
-  return experiment
-
-
-def group_runs(runs: Sequence, experiment) -> list[list[tuple[int, Any]]]:
-  """Compile groups, in order of first appearance: lists of (run id, config)."""
-  groups: dict[str, list[tuple[int, Any]]] = {}
-  for run_id, config in enumerate(runs):
-    groups.setdefault(trainer.group_key(config, experiment), []).append((run_id, config))
-  return list(groups.values())
-
-
-def data_key(config, experiment) -> str:
-  """Runs with equal keys share one loaded data set (traced data fields left out)."""
-  traced = set(trainer.traced_fields(experiment))
-  data = {k: v for k, v in config.data.to_dict().items() if f"data.{k}" not in traced}
-  return json.dumps(data, sort_keys=True, default=str)
-
-
-def print_plan(runs, groups, datasets, cli_swept: Sequence[str], experiment) -> None:
-  import jax
-  print(f"plan: {len(runs)} runs in {len(groups)} compile group(s); "
-        f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} "
-        f"({jax.default_backend()})")
-  for i, group in enumerate(groups):
-    config = group[0][1]
-    data = datasets[data_key(config, experiment)]
-    print(f"  group {i}: {len(group)} runs, {config.num_epochs} epochs x "
-          f"{data.num_train // config.batch_size} steps, batch {config.batch_size}, "
-          f"{min(len(group), config.train.runs_per_batch)} runs at once")
-  for description in dict.fromkeys(d.description for d in datasets.values()):
-    print(f"  data: {description}")
-  if cli_swept:
-    print(f"  note: the sweep sets {', '.join(cli_swept)}; its values replace the command "
-          "line's for those fields")
-
-
-def summary_table(workdir: str, metric: str = "test_accuracy") -> str:
-  """Table 1 style: per setting, best and mean of ``metric`` over seeds, noise beside none."""
-  from gradnoise import report
-  analysis = report.analyze(report.load_runs([workdir]), metric)
-  arms = sorted({a.arm.label for a in analysis.arms}, key=lambda l: l != "no noise")
-  header = ["setting"] + [f"{arm}: {stat}" for arm in arms for stat in ("best", "mean", "runs")]
-  rows = []
-  for setting in analysis.settings:
-    stats = {a.arm.label: a for a in analysis.arms if a.setting is setting}
-    row = [setting.label]
-    for arm in arms:
-      a = stats.get(arm)
-      row += [f"{a.best:.2%}", f"{a.mean:.2%}", str(a.runs)] if a else ["", "", ""]
-    rows.append(row)
-  lines = [f"{metric} over seeds (final):"]
-  lines += ["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows]
-  return "\n".join(lines)
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value.")
-  if FLAGS.workdir is None:
+def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, dict[str, str]]:
+  args, cli = overrides_lib.split_args(argv[1:])
+  fv = _define_flags()
+  try:
+    rest = fv([argv[0] if argv else "gradnoise.run", *args])
+  except flags.Error as e:
+    raise UsageError(f"{e}; {USAGE}") from None
+  if len(rest) > 1:
+    raise UsageError(f"unexpected arguments {rest[1:]}; pass options as --flag=value.")
+  if fv.config is None:
+    raise UsageError(f"--config is required: a config file, path[:variant]. {USAGE}")
+  if fv.workdir is None:
     raise UsageError("--workdir is required: the directory for the sweep's outputs.")
-  init_distributed()
-  import jax
-  primary = jax.process_index() == 0
-  config_spec = config_flags.get_config_filename(FLAGS["config"])
-  config = FLAGS.config
-  sweep = [] if FLAGS.no_sweep else load_sweep(config_spec)
-  runs = expand(config, sweep)
-  experiment = validate(runs)
-  cli_overrides = config_flags.get_override_values(FLAGS["config"])
-  cli_swept = [k for k in sweep_lib.swept_fields(sweep) if k in cli_overrides]
-  record = workdir_lib.sweep_record(config, sweep, config_spec)
-  workdir = workdir_lib.WorkDir(FLAGS.workdir)
-  workdir.check(record, FLAGS.overwrite)
-  groups = group_runs(runs, experiment)
-  datasets = {}
-  for config_i in runs:
-    key = data_key(config_i, experiment)
-    if key not in datasets:
-      datasets[key] = experiment.load_data(config_i)
-  if primary:
-    print_plan(runs, groups, datasets, cli_swept, experiment)
-
-  resume = workdir.stored_record() is not None and not FLAGS.overwrite
-  barrier("gradnoise:checked")
-  if primary:
-    workdir.start(record, resume)
-  barrier("gradnoise:started")
-  results = workdir.read_results() if resume else {}
-  if resume and primary:
-    print(f"resuming in {workdir.path}: {len(results)} of {len(runs)} runs finished")
-  fields = ["run"] + [f for f in sweep_lib.swept_fields(sweep) if f != "seed"] + ["seed"]
-  finished = set(results)
-
-  def on_batch_done(batch_results):
-    results.update(batch_results)
-    if primary:
-      workdir.write_results(fields, runs, results)
-
-  for i, group in enumerate(groups):
-    config = group[0][1]
-    data = datasets[data_key(config, experiment)]
-    steps = len(group) * config.num_epochs * (data.num_train // config.batch_size)
-    progress = progress_lib.GroupProgress(
-        f"group {i}", steps, min(len(group), config.train.runs_per_batch),
-        stream=None if primary else open(os.devnull, "w"))
-    tensorboard = workdir_lib.TensorBoardWriter(workdir.file("tensorboard"))
-
-    def on_metrics(row, tensorboard=tensorboard):
-      if primary:
-        workdir.append_metrics(row)
-        tensorboard.write(row)
-
-    def on_restore(run_ids, epoch):
-      if primary:
-        workdir.truncate_metrics(run_ids, epoch)
-
-    callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, on_restore,
-                                       progress.advance)
-    try:
-      trainer.train_group(experiment, group, data, callbacks,
-                          checkpoint_dir=workdir.file("checkpoints"), finished=finished)
-    finally:
-      progress.close()
-      tensorboard.close()
-  if primary:
-    print(summary_table(workdir.path, experiment.summary_metric))
-    print(f"results: {workdir.file(workdir_lib.RESULTS_FILE)}")
-  barrier("gradnoise:done")
+  return fv, cli
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with bad flags and config files reported as one line, exit 2."""
+def _run(argv: Sequence[str], out: TextIO) -> int:
+  from gradnoise import experiment as experiment_lib
+  from gradnoise import launch, trainer
+  fv, cli = _parse(argv)
+  _init_distributed(fv)
+  config, get_sweep, _ = launch.load_config_file(fv.config)
+  name = cli.get("experiment", config.get("experiment"))
   try:
-    rest = FLAGS(argv)
-    if not FLAGS["config"].present:
-      raise UsageError("--config is required: a config file, path[:variant].")
-    path = config_flags.get_config_filename(FLAGS["config"]).partition(":")[0]
-    if not os.path.isfile(path):
-      raise UsageError(f"--config file {path} not found; accepted: a Python file defining "
-                       "get_config(arg), e.g. configs/mnist_mlp.py:quick.")
-    FLAGS.config  # loads the config file now, so its errors land here
-    return rest
-  except Exception as e:  # noqa: BLE001 - any failure to read flags or config is bad input
-    message = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
-    if isinstance(e, AttributeError):  # an override names a field the config lacks
-      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-      message = (f"unknown config field among {', '.join(overrides)}: "
-                 + message.replace("\\'", "'"))
-    elif "Traceback" in message:  # config file raised: keep its exception's message
-      message = "--config: " + re.split(r"\w+Error: ", message)[-1]
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    declared = {**trainer.FIELDS, **experiment_lib.load(name).fields}
+  except UsageError:
+    declared = dict(trainer.FIELDS)  # prepare() reports the experiment itself
+  config = overrides_lib.apply(config, cli, declared, origin=fv.config)
+  sweep = [] if fv.no_sweep else get_sweep()
+  prepared = launch.prepare(config, sweep, config_file=fv.config, cli_fields=tuple(cli))
+  launch.train(prepared, fv.workdir, overwrite=fv.overwrite,
+               accept_env_change=fv.accept_env_change, dry_run=fv.dry_run, out=out)
+  return 0
 
 
-def _main(argv: Sequence[str]) -> None:
+def _os_error(e: BaseException) -> OSError | None:
+  """The OS error behind ``e``, following __cause__ / __context__, or None.
+
+  Besides Python's OSError, it recognises the OS errors that tensorstore (orbax's storage)
+  reports inside other exceptions (``... [os_error_code='28']``) and ``[Errno 28] ...``.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    text = str(e)
+    match = (re.search(r"\[Errno (\d+)\]", text)
+             or re.search(r"os_error_code='?(\d+)", text))
+    if match:
+      path = re.search(r'"(/[^"]+)"', text)
+      code = int(match.group(1))
+      return OSError(code, os.strerror(code), path.group(1) if path else None)
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+_OS_ERROR_TEXT = re.compile(r"\[Errno \d+\]|os_error_code=")
+
+
+class _DropOSErrorRecords(pylogging.Filter):
+  """Drops log records about an OS error: main() reports it in one line."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return not _OS_ERROR_TEXT.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def _os_errors_reported_once():
+  """Silences the echoes of an OS error in orbax's writer threads while main() runs.
+
+  orbax logs a failed write (e.g. a full disk) from each of its threads, and its closed
+  event loops print "Event loop is closed" tracebacks; main() reports the error itself.
+  """
+  absl_logger = pylogging.getLogger("absl")
+  drop = _DropOSErrorRecords()
+  absl_logger.addFilter(drop)
+  previous_hook = sys.excepthook
+
+  def hook(kind, value, traceback):
+    if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+      previous_hook(kind, value, traceback)
+
+  sys.excepthook = hook
+  try:
+    yield
+  finally:
+    sys.excepthook = previous_hook
+    absl_logger.removeFilter(drop)
+
+
+def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+  """Runs the command line ``argv`` (argv[0] is the program); returns the exit code.
+
+  0: done (or help shown); 2: bad input or an operating-system error while reading or
+  writing, reported as one ``error:`` line on ``err`` (nothing written for bad input;
+  rerunning the same command after an OS error resumes).
+  """
+  out, err = out or sys.stdout, err or sys.stderr
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  args = list(argv[1:])
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in args):
+    _help(args, out)
+    return 0
   try:
-    main(argv)
+    with _os_errors_reported_once():
+      return _run(argv, out)
   except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {e}", file=err)
+    return 2
+  except Exception as e:  # noqa: BLE001 - OS errors, however deep they were raised
+    os_error = _os_error(e)
+    if os_error is None:
+      raise
+    where = f"{os_error.filename}: " if os_error.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions",
+            errno.EROFS: "choose a writable location"}.get(os_error.errno, "fix the cause")
+    print(f"error: {where}{os_error.strerror or os.strerror(os_error.errno)} "
+          f"(errno {os_error.errno}); {hint}, then run the same command again to resume.",
+          file=err)
+    return 2
 
 
 def cli() -> None:
-  app.run(_main, flags_parser=_parse_flags)
+  sys.exit(main(sys.argv))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,12 @@ def concat(*sweeps: Sequence[Overrides]) -> list[Overrides]:
   return [dict(o) for s in sweeps for o in s]
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Overrides) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with the dotted ``overrides`` set; UsageError on bad names/types."""
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Overrides,
+                    what: str = "sweep") -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the dotted ``overrides`` set; UsageError on bad names/types.
+
+  ``what`` names the overrides' origin in messages ("sweep", "overrides").
+  """
   config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=False))
   config.lock()
   for name, value in overrides.items():
@@ -71,9 +74,10 @@ def apply_overrides(config: ml_collections.ConfigDict,
       node[leaf] = value
     except (KeyError, AttributeError, TypeError) as e:
       if isinstance(e, TypeError) and leaf in getattr(node, "keys", lambda: ())():
-        raise UsageError(f"sweep sets {name}={value!r}: wrong type ({e}).") from None
-      raise UsageError(f"sweep sets unknown config field {name!r}; known fields: "
-                       f"{', '.join(flat_names(config))}.") from None
+        raise UsageError(f"{what} sets {name}={value!r}: wrong type ({e}).",
+                         field=name) from None
+      raise UsageError(f"{what} sets unknown config field {name!r}; known fields: "
+                       f"{', '.join(flat_names(config))}.", field=name) from None
   return config
 
 

@@ -25,12 +25,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import gradnoise
+from gradnoise import fields
 from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
 from gradnoise.experiment import Dataset, Experiment
 from gradnoise.sweep import get_field
 
-# Key streams, folded into key(seed): DESIGN.md "Randomness".
+# Key streams, folded into key(seed) (README, "Architecture": common random numbers).
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
 
 # Config fields every experiment may vary inside one compiled program.
@@ -39,44 +40,56 @@ TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "noise.eta", "noise.
 NOISE_SCHEDULES = ("annealed", "constant")
 
 
-def validate_common(config: ml_collections.ConfigDict) -> None:
-  """Checks the trainer's own fields; raises UsageError naming the field."""
-  def check(name, ok, accepted):
-    if not ok:
-      raise UsageError(f"config field {name}={get_field(config, name)!r} is invalid; {accepted}.")
+def _is_optax_optimizer(name: str) -> bool:
+  factory = getattr(optax, name, None)
+  return callable(factory) and "learning_rate" in _params(factory)
 
-  check("num_epochs", isinstance(config.num_epochs, int) and config.num_epochs >= 1,
-        "accepted: an integer >= 1")
-  check("batch_size", isinstance(config.batch_size, int) and config.batch_size >= 1,
-        "accepted: an integer >= 1")
-  check("seed", isinstance(config.seed, int) and 0 <= config.seed < 2**31,
-        "accepted: an integer in [0, 2^31)")
-  lr = config.optimizer.learning_rate
-  check("optimizer.learning_rate", isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr),
-        "accepted: a finite number > 0")
-  name = config.optimizer.name
-  factory = getattr(optax, name, None) if isinstance(name, str) else None
-  check("optimizer.name", callable(factory) and "learning_rate" in _params(factory),
-        "accepted: the name of an optax optimizer taking learning_rate, e.g. sgd, adam, "
-        "adamw, rmsprop, adagrad, lamb")
-  for field in ("noise.eta", "noise.gamma", "noise.std"):
-    value = get_field(config, field)
-    check(field, isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
-          "accepted: a finite number >= 0")
-  check("noise.schedule", config.noise.schedule in NOISE_SCHEDULES,
-        f"accepted: {', '.join(NOISE_SCHEDULES)}")
-  norm = config.clip.norm
-  check("clip.norm", norm is None or (isinstance(norm, (int, float)) and norm > 0),
-        "accepted: None (no clipping) or a number > 0")
-  check("optimizer.decay_factor", 0 < config.optimizer.decay_factor <= 1,
-        "accepted: a number in (0, 1]")
-  check("optimizer.decay_every_epochs", config.optimizer.decay_every_epochs >= 0,
-        "accepted: an integer >= 0 (0 = constant learning rate)")
-  check("train.runs_per_batch", config.train.runs_per_batch >= 1, "accepted: an integer >= 1")
-  check("train.eval_every_epochs", config.train.eval_every_epochs >= 1,
-        "accepted: an integer >= 1")
-  check("train.checkpoint_every_epochs", config.train.checkpoint_every_epochs >= 0,
-        "accepted: an integer >= 0 (0 = only at the end)")
+
+# The trainer's own config fields; an experiment declares the rest (Experiment.fields).
+FIELDS: dict[str, fields.Field] = {
+    "experiment": fields.text(description="a built-in experiment name, a dotted module "
+                              "path or a .py file"),
+    "seed": fields.integer(0, 2**31 - 1),
+    "num_epochs": fields.integer(1),
+    "batch_size": fields.integer(1),
+    "optimizer.name": fields.text(_is_optax_optimizer, "the name of an optax optimizer "
+                                  "taking learning_rate, e.g. sgd, adam, adamw, rmsprop"),
+    "optimizer.learning_rate": fields.number(0, low_open=True),
+    "optimizer.decay_every_epochs": fields.integer(0),
+    "optimizer.decay_factor": fields.number(0, 1, low_open=True),
+    "clip.norm": fields.optional(fields.number(0, low_open=True, inf="no clipping"),
+                                 "no clipping"),
+    "clip.per_leaf": fields.flag(),
+    "noise.schedule": fields.choice(*NOISE_SCHEDULES),
+    "noise.eta": fields.number(0),
+    "noise.gamma": fields.number(0),
+    "noise.std": fields.number(0),
+    "train.runs_per_batch": fields.integer(1),
+    "train.eval_every_epochs": fields.integer(1),
+    "train.eval_batch_size": fields.integer(1),
+    "train.checkpoint_every_epochs": fields.integer(0),
+}
+
+
+def validate(config: ml_collections.ConfigDict, experiment: Experiment,
+             source: Callable[[str], str] = lambda name: "") -> None:
+  """Checks every field of one run's config; raises UsageError naming the field.
+
+  ``source(name)`` says where a field's value came from, for the message.
+  """
+  fields.check(config, {**FIELDS, **experiment.fields}, source,
+               owner=f"the trainer or experiment {experiment.name!r}")
+  experiment.validate(config)
+
+
+def check_data(config: ml_collections.ConfigDict, data: Dataset,
+               source: Callable[[str], str] = lambda name: "") -> None:
+  """Checks the fields that depend on the loaded data; raises UsageError."""
+  if config.batch_size > data.num_train:
+    raise UsageError(f"config field batch_size={config.batch_size}{source('batch_size')} "
+                     f"is larger than the training set ({data.num_train} examples: "
+                     f"{data.description}); accepted: at most {data.num_train}.",
+                     field="batch_size")
 
 
 def _params(fn: Callable) -> tuple[str, ...]:
@@ -144,7 +157,7 @@ def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
 class RunState(NamedTuple):
   params: Any
   opt_state: Any
-  diverged: jax.Array  # bool: loss became NaN/Inf; params and optimizer state frozen
+  diverged: jax.Array  # bool: loss, a gradient or a parameter became NaN/Inf; then frozen
   extra: dict[str, Any]  # the experiment's per-run state outside the gradient
 
 
@@ -187,10 +200,7 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
     return {k: v[index] for k, v in arrays.items()}
 
   batch_size = config.batch_size
-  steps = num_train // batch_size
-  if steps == 0:
-    raise UsageError(f"config field batch_size={batch_size} is larger than the training "
-                     f"set ({num_train} examples); accepted: at most {num_train}.")
+  steps = num_train // batch_size  # >= 1: check_data ran before
 
   def init(hp):
     params = experiment.init_params(_stream(hp, STREAM_INIT), config, hp)
@@ -214,7 +224,11 @@ def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
       params = optax.apply_updates(state.params, updates)
       extra = (experiment.update_extra(state.extra, aux, hp, config)
                if experiment.update_extra else state.extra)
-      diverged = state.diverged | ~jnp.isfinite(loss)
+      # Non-finite loss, gradients or new params (i.e. updates): one reduction per leaf,
+      # fused with the ops producing them. Clipping could hide inf gradients, so both count.
+      finite = [jnp.isfinite(loss).all()] + [jnp.isfinite(x).all()
+                                             for x in jax.tree.leaves((grads, params))]
+      diverged = state.diverged | ~jnp.stack(finite).all()
       keep = lambda old, new: jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n),
                                            old, new)
       new_state = RunState(keep(state.params, params), keep(state.opt_state, opt_state),

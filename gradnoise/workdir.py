@@ -1,15 +1,28 @@
-"""A sweep's work directory: config.json, results.csv, metrics.jsonl (atomic writes)."""
+"""A sweep's work directory: what gradnoise writes there, and nothing else.
+
+Files (all written atomically or appended line by line, with the umask's permissions):
+``config.json`` (the resolved config, the sweep and the environment that decides the random
+streams and the numerics), ``results.csv``, ``metrics.jsonl``, ``tensorboard/run_<id>/``
+and ``checkpoints/runs_<a>-<b>/``.
+
+Safety rules: a directory that exists and holds no ``config.json`` written by gradnoise is
+used only if it is empty; ``--overwrite`` removes only the files and folders above; a
+resume under a different environment (:func:`environment`) is refused unless accepted.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
 import platform
+import re
 import shutil
-import tempfile
+import time
+import uuid
 from typing import Any, Sequence
 
 import ml_collections
@@ -18,13 +31,26 @@ from gradnoise.errors import UsageError
 from gradnoise.sweep import get_field
 
 CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.csv", "metrics.jsonl"
+TENSORBOARD_DIR, CHECKPOINT_DIR = "tensorboard", "checkpoints"
 RESULT_METRICS = ("test_accuracy", "best_test_accuracy", "train_loss")
+WRITER = "gradnoise"  # config.json's "written_by" marks a work dir as ours
+_OWN_SUBDIRS = {TENSORBOARD_DIR: re.compile(r"run_\d+"),
+                CHECKPOINT_DIR: re.compile(r"runs_\d+-\d+")}
+_TEMP_PREFIX = ".gradnoise-tmp-"
+
+
+def resolve(path: str) -> str:
+  """``path`` as an absolute path: ``~`` expanded, relative to the current directory."""
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` so that a reader sees the old or the new file, never half."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  """Writes ``text`` to ``path`` so that a reader sees the old or the new file, never half.
+
+  The file gets the permissions the umask allows (0666 & ~umask), like ``open``.
+  """
+  tmp = os.path.join(os.path.dirname(path), f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
@@ -37,26 +63,100 @@ def write_atomic(path: str, text: str) -> None:
     raise
 
 
-def sweep_record(config: ml_collections.ConfigDict, sweep: Sequence[dict[str, Any]],
-                 config_file: str) -> dict[str, Any]:
-  """What config.json holds: the resolved config, the sweep, versions and PRNG settings."""
+def strict_json(value: Any) -> Any:
+  """``value`` with non-finite floats as the strings "inf", "-inf", "nan" (strict JSON)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, dict):
+    return {k: strict_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(v) for v in value]
+  return value
+
+
+def environment() -> dict[str, Any]:
+  """What decides a sweep's random streams and numerics, besides its config.
+
+  A run resumed under a different value of any of these would not continue the run it
+  resumes (other noise, batch order or rounding), so :meth:`WorkDir.check` compares them.
+  """
   import jax
+  import jaxlib
   import optax
+
+  import gradnoise
+  config = jax.config
   return {
-      "config": config.to_dict(),
-      "sweep": [dict(o) for o in sweep],
-      "config_file": config_file,
-      "versions": {"jax": jax.__version__, "optax": optax.__version__,
-                   "python": platform.python_version()},
-      "prng": {"impl": str(jax.config.jax_default_prng_impl),
-               "threefry_partitionable": bool(jax.config.jax_threefry_partitionable)},
+      "gradnoise": gradnoise.__version__,
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "optax": optax.__version__,
       "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind,
+      "device_count": jax.device_count(),
+      "prng_impl": str(config.jax_default_prng_impl),
+      "threefry_partitionable": bool(config.jax_threefry_partitionable),
+      "random_seed_offset": int(getattr(config, "jax_random_seed_offset", 0) or 0),
+      "enable_x64": bool(config.jax_enable_x64),
+      "default_matmul_precision": str(config.jax_default_matmul_precision),
   }
 
 
-def _comparable(record: dict[str, Any]) -> str:
-  return json.dumps({"config": record["config"], "sweep": record["sweep"]}, sort_keys=True,
-                    default=str)
+def sweep_record(config: ml_collections.ConfigDict, sweep: Sequence[dict[str, Any]],
+                 config_file: str) -> dict[str, Any]:
+  """What config.json holds: the resolved config, the sweep, the environment, versions."""
+  return strict_json({
+      "written_by": WRITER,
+      "config": config.to_dict(),
+      "sweep": [dict(o) for o in sweep],
+      "config_file": config_file,
+      "environment": environment(),
+      "python": platform.python_version(),
+  })
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix.rstrip("."): d}
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}."))
+  return out
+
+
+def _normal(value: Any) -> Any:
+  return json.loads(json.dumps(strict_json(value), sort_keys=True, default=str))
+
+
+def config_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[str]:
+  """The config fields and sweep entries that differ, as ``name: old -> new``."""
+  old, new = _flat(_normal(stored.get("config"))), _flat(_normal(record["config"]))
+  diffs = [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+           for k in sorted(set(old) | set(new)) if old.get(k, KeyError) != new.get(k, KeyError)]
+  old_sweep, new_sweep = _normal(stored.get("sweep")), _normal(record["sweep"])
+  if old_sweep != new_sweep:
+    old_sweep, new_sweep = old_sweep or [], new_sweep or []
+    if len(old_sweep) != len(new_sweep):
+      diffs.append(f"sweep: {len(old_sweep)} -> {len(new_sweep)} runs")
+    else:
+      runs = [i for i, (a, b) in enumerate(zip(old_sweep, new_sweep)) if a != b]
+      first = runs[0]
+      diffs.append(f"sweep: {len(runs)} of {len(new_sweep)} runs differ (run {first}: "
+                   f"{old_sweep[first]} -> {new_sweep[first]})")
+  return diffs
+
+
+def environment_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Entries of the environment that differ, as ``name old -> new``."""
+  old = stored.get("environment")
+  if old is None:  # written before the environment was recorded
+    versions, prng = stored.get("versions", {}), stored.get("prng", {})
+    old = {"jax": versions.get("jax"), "optax": versions.get("optax"),
+           "backend": stored.get("backend"), "prng_impl": prng.get("impl"),
+           "threefry_partitionable": prng.get("threefry_partitionable")}
+    old = {k: v for k, v in old.items() if v is not None}
+  return [f"{k} {old.get(k, '(not recorded)')} -> {current.get(k, '(absent)')}"
+          for k in sorted(set(old) | set(current)) if old.get(k) != current.get(k)]
 
 
 def format_value(value: Any) -> str:
@@ -68,43 +168,118 @@ def format_value(value: Any) -> str:
 
 
 class WorkDir:
-  """The files of one sweep."""
+  """The files of one sweep in the directory ``path`` (made absolute)."""
 
   def __init__(self, path: str):
-    self.path = path
+    self.given = path
+    self.path = resolve(path)
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
   def stored_record(self) -> dict[str, Any] | None:
+    """config.json if gradnoise wrote it; None if there is none; UsageError if foreign."""
     path = self.file(CONFIG_FILE)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
       return None
     try:
       with open(path) as f:
-        return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise UsageError(f"work dir file {path} is unreadable ({e}); use --overwrite to "
-                       "start the sweep afresh.") from None
+        record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise UsageError(f"--workdir {self.path}: {path} is not a config.json written by "
+                       f"gradnoise ({e}); gradnoise leaves that folder alone: choose a new "
+                       "or empty directory.") from None
+    ours = isinstance(record, dict) and (record.get("written_by") == WRITER or {
+        "config", "sweep", "config_file"} <= set(record))
+    if not ours:
+      raise UsageError(f"--workdir {self.path}: {path} was not written by gradnoise; "
+                       "gradnoise leaves that folder alone: choose a new or empty directory.")
+    return record
 
-  def check(self, record: dict[str, Any], overwrite: bool) -> None:
-    """Refuses a work dir that holds a different sweep, unless ``overwrite``."""
+  def check_location(self) -> None:
+    """Raises UsageError unless the work dir can be created or written (writes nothing)."""
     if os.path.exists(self.path) and not os.path.isdir(self.path):
-      raise UsageError(f"--workdir {self.path} is a file; accepted: a directory path.")
+      raise UsageError(f"--workdir {self.path} is a file, not a directory; accepted: a new "
+                       "or empty directory, or a gradnoise work dir.")
+    existing = self.path
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise UsageError(f"--workdir {self.path}: {existing} is a file, not a directory "
+                       f"({os.strerror(errno.ENOTDIR)}).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise UsageError(f"--workdir {self.path}: {existing} is not writable "
+                       f"({os.strerror(errno.EACCES)}).")
+
+  def check(self, record: dict[str, Any], overwrite: bool, accept_env_change: bool) -> bool:
+    """Decides what the sweep may do with the work dir; writes nothing.
+
+    Returns True to resume (same config and sweep), False to start afresh. Raises
+    UsageError for a folder gradnoise did not write that is not empty, for a different
+    config or sweep without ``overwrite``, and for a resume under another environment
+    without ``accept_env_change``.
+    """
+    self.check_location()
+    if not os.path.isdir(self.path):
+      return False
     stored = self.stored_record()
-    if stored is not None and not overwrite and _comparable(stored) != _comparable(record):
-      raise UsageError(f"--workdir {self.path} holds a different config or sweep "
-                       f"({stored.get('config_file')}); pass --overwrite to replace it, "
-                       "or choose another work dir.")
+    if stored is None:
+      entries = sorted(os.listdir(self.path))
+      if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5
+                                          else "")
+        raise UsageError(f"--workdir {self.path} is not empty ({shown}) and holds no "
+                         "config.json written by gradnoise; gradnoise never deletes files it "
+                         "did not write: choose a new or empty directory.")
+      return False
+    if overwrite:
+      return False
+    diffs = config_differences(stored, record)
+    if diffs:
+      raise UsageError(f"--workdir {self.path} holds a different sweep "
+                       f"({stored.get('config_file')}): {'; '.join(diffs)}. Pass --overwrite "
+                       "to replace gradnoise's files there, or choose another work dir.")
+    changed = environment_differences(stored, record["environment"])
+    if changed and not accept_env_change:
+      raise UsageError(f"--workdir {self.path} was started under another environment "
+                       f"({'; '.join(changed)}); resuming would change the runs' random "
+                       "streams or numerics. Choose a new work dir, or pass "
+                       "--accept_env_change to resume anyway (recorded in config.json).")
+    return True
 
   def start(self, record: dict[str, Any], resume: bool) -> None:
-    """Creates the work dir with config.json; without ``resume``, from scratch."""
-    if not resume:
-      self.remove()
+    """Creates or resumes the work dir. Afresh, first removes gradnoise's own files."""
+    if resume:
+      stored = self.stored_record()
+      changed = environment_differences(stored, record["environment"])
+      if changed:
+        record = {**stored, "environment": record["environment"],
+                  "environment_changes": stored.get("environment_changes", []) + [
+                      {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changed}]}
+      else:
+        record = stored
+    else:
+      self.remove_own_files()
     os.makedirs(self.path, exist_ok=True)
-    write_atomic(self.file(CONFIG_FILE), json.dumps(record, indent=2, default=str) + "\n")
+    write_atomic(self.file(CONFIG_FILE), json.dumps(record, indent=2, allow_nan=False) + "\n")
     if not os.path.exists(self.file(METRICS_FILE)):
       open(self.file(METRICS_FILE), "w").close()
+
+  def remove_own_files(self) -> None:
+    """Deletes what gradnoise writes in the work dir, and nothing else."""
+    if not os.path.isdir(self.path):
+      return
+    for name in os.listdir(self.path):
+      path = self.file(name)
+      if name in (CONFIG_FILE, RESULTS_FILE, METRICS_FILE) or name.startswith(_TEMP_PREFIX):
+        if os.path.isfile(path) or os.path.islink(path):
+          os.unlink(path)
+      elif name in _OWN_SUBDIRS and os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.listdir(path):
+          if _OWN_SUBDIRS[name].fullmatch(entry):
+            shutil.rmtree(os.path.join(path, entry))
+        if not os.listdir(path):
+          os.rmdir(path)
 
   def read_results(self) -> dict[int, dict[str, Any]]:
     """Results of the runs already finished (from results.csv; empty if none)."""
@@ -131,7 +306,7 @@ class WorkDir:
         try:
           row = json.loads(line)
         except json.JSONDecodeError:
-          continue  # a line cut by a kill
+          continue  # a line cut by a kill or a full disk
         if row["run"] not in ids or row["epoch"] <= keep_through_epoch:
           kept.append(line if line.endswith("\n") else line + "\n")
     write_atomic(self.file(METRICS_FILE), "".join(kept))
@@ -155,9 +330,6 @@ class WorkDir:
       row += [result.get(m, float("nan")) for m in metrics] + [result["diverged"]]
       writer.writerow([format_value(v) for v in row])
     write_atomic(self.file(RESULTS_FILE), out.getvalue())
-
-  def remove(self) -> None:
-    shutil.rmtree(self.path, ignore_errors=True)
 
 
 class TensorBoardWriter:
@@ -183,4 +355,3 @@ class TensorBoardWriter:
     for writer in self.writers.values():
       writer.close()
     self.writers.clear()
-

@@ -3,10 +3,16 @@ training on the real task qa1."""
 
 import atexit
 import dataclasses
+import functools
+import hashlib
+import http.server
 import os
 import re
 import shutil
+import socket
+import tarfile
 import tempfile
+import threading
 import time
 
 import jax
@@ -268,7 +274,7 @@ def test_per_matrix_clipping_bounds_each_gradient_norm(tiny):
 
 
 def test_validate_names_bad_fields():
-  memnet.validate(config())
+  trainer.validate(config(), memnet.EXPERIMENT)
   for field, value, match in [("data.task", 5, "data.task=5"),
                               ("model.hops", 0, "model.hops=0"),
                               ("model.random_time", 2.0, "model.random_time=2.0"),
@@ -277,18 +283,18 @@ def test_validate_names_bad_fields():
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(UsageError, match=match):
-      memnet.validate(c)
+      trainer.validate(c, memnet.EXPERIMENT)
 
 
 @pytest.mark.parametrize("variant, runs", [("small", 48), ("table2", 400)])
 def test_config_sweeps_are_one_compile_group(variant, runs):
   from gradnoise.sweep import apply_overrides
   base = memnet_babi.get_config(variant)
+  base.data.path = "download"  # the default (None) is refused: the data must be named
   configs = [apply_overrides(base, o) for o in memnet_babi.get_sweep(variant)]
   assert len(configs) == runs
   for c in configs:
-    trainer.validate_common(c)
-    memnet.validate(c)
+    trainer.validate(c, memnet.EXPERIMENT)
   assert len({trainer.group_key(c, memnet.EXPERIMENT) for c in configs}) == 1
 
 
@@ -384,25 +390,150 @@ def test_table2_summary_from_a_work_dir(tmp_path):
     babi_table.collect([str(tmp_path)])
 
 
-def test_download_uses_tfds_download_manager(monkeypatch, tmp_path):
-  import tensorflow_datasets as tfds
-  calls = []
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+  """A local HTTP server of a folder: (folder, its URL, the paths requested)."""
+  folder = tmp_path / "mirror"
+  folder.mkdir()
+  requested = []
 
-  def fake_download_and_extract(self, url):
-    calls.append(url)
-    return FIXTURES  # stands in for the extracted archive (no network in tests)
+  class Handler(http.server.SimpleHTTPRequestHandler):
 
-  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
-                      fake_download_and_extract)
-  data = babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
-  assert calls == [babi_data.ARCHIVE_URL] and list(data.tasks) == [1]
+    def do_GET(self):
+      requested.append(self.path)
+      super().do_GET()
 
-  def failing(self, url):
-    raise OSError("network unreachable")
+    def log_message(self, *args):
+      pass
 
-  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", failing)
-  with pytest.raises(UsageError, match="could not download"):
+  server = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+  threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                   daemon=True).start()
+  for name in ("no_proxy", "NO_PROXY"):
+    monkeypatch.setenv(name, "*")
+  yield folder, f"http://127.0.0.1:{server.server_port}/", requested
+  server.shutdown()
+  server.server_close()
+
+
+def closed_url():
+  """The URL of a local port that nobody listens on: connections are refused."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def write_archive(path):
+  """A tasks_1-20_v1-2.tar.gz of the fixture stories, plus members that must not be
+  extracted (outside the release folder, climbing out of it, a link)."""
+  with tarfile.open(path, "w:gz") as tar:
+    for name in sorted(os.listdir(os.path.join(FIXTURES, "en"))):
+      tar.add(os.path.join(FIXTURES, "en", name), f"tasks_1-20_v1-2/en/{name}")
+    for name in ("evil.txt", "tasks_1-20_v1-2/../../evil.txt"):
+      tar.add(TINY_QA1, name)
+    link = tarfile.TarInfo("tasks_1-20_v1-2/en/link.txt")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tar.addfile(link)
+  return path.read_bytes()
+
+
+def as_official(monkeypatch, content, urls):
+  monkeypatch.setattr(babi_data, "ARCHIVE_URLS", tuple(urls))
+  monkeypatch.setattr(babi_data, "ARCHIVE_SIZE", len(content))
+  monkeypatch.setattr(babi_data, "ARCHIVE_SHA256", hashlib.sha256(content).hexdigest())
+
+
+def test_download_fetches_verifies_extracts_and_caches(tmp_path, monkeypatch, mirror):
+  folder, url, requested = mirror
+  content = write_archive(folder / "tasks_1-20_v1-2.tar.gz")
+  as_official(monkeypatch, content, [closed_url(), url + "tasks_1-20_v1-2.tar.gz"])
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  cache = tmp_path / "data" / "babi"
+  data = babi_data.load_babi(babi_data.DOWNLOAD, "en", [1, 2])
+  assert data.tasks == (1, 2)
+  assert data.description.startswith(f"bAbI en tasks 1,2 from {cache}/tasks_1-20_v1-2/en:")
+  assert sorted(os.listdir(cache)) == ["tasks_1-20_v1-2", "tasks_1-20_v1-2.tar.gz"]
+  assert sorted(os.listdir(cache / "tasks_1-20_v1-2" / "en")) == sorted(
+      n.replace(".story", ".txt") for n in os.listdir(os.path.dirname(TINY_QA1)))
+  assert not (tmp_path / "evil.txt").exists() and not (cache / "evil.txt").exists()
+  assert len(requested) == 1
+  # Cached: no network at all.
+  monkeypatch.setattr(babi_data, "ARCHIVE_URLS", (closed_url(),))
+  assert babi_data.load_babi(babi_data.DOWNLOAD, "en", [1]).tasks == (1,)
+  assert len(requested) == 1
+
+
+def test_an_archive_copied_into_the_cache_is_extracted_without_network(tmp_path, monkeypatch):
+  cache = tmp_path / "data" / "babi"
+  cache.mkdir(parents=True)
+  content = write_archive(cache / "tasks_1-20_v1-2.tar.gz")
+  as_official(monkeypatch, content, [closed_url()])
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  assert babi_data.load_babi(babi_data.DOWNLOAD, "en", [1]).tasks == (1,)
+  assert sorted(os.listdir(cache)) == ["tasks_1-20_v1-2", "tasks_1-20_v1-2.tar.gz"]
+
+
+def test_download_rejects_a_damaged_archive_and_caches_nothing(tmp_path, monkeypatch, mirror):
+  folder, url, _ = mirror
+  archive = folder / "tasks_1-20_v1-2.tar.gz"
+  content = write_archive(archive)
+  as_official(monkeypatch, content, [url + "tasks_1-20_v1-2.tar.gz"])
+  archive.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  with pytest.raises(UsageError, match=r"data\.path: could not download tasks_1-20_v1-2"
+                     r"\.tar\.gz \(http://.*: rejected, SHA-256 [0-9a-f]{64}, expected"):
     babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
+  assert not (tmp_path / "data").exists()
+
+
+def test_download_offline_fails_at_once_with_one_line(tmp_path, monkeypatch):
+  urls = [closed_url() + "tasks_1-20_v1-2.tar.gz", closed_url() + "babi.tar.gz"]
+  monkeypatch.setattr(babi_data, "ARCHIVE_URLS", tuple(urls))
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  start = time.monotonic()
+  with pytest.raises(UsageError) as error:
+    babi_data.load_babi(babi_data.DOWNLOAD, "en", [1])
+  assert time.monotonic() - start < 10
+  cache = tmp_path / "data" / "babi"
+  assert str(error.value) == (
+      f"data.path: could not download tasks_1-20_v1-2.tar.gz ({urls[0]}: Connection "
+      f"refused; {urls[1]}: Connection refused); without network, download "
+      f"tasks_1-20_v1-2.tar.gz elsewhere and put it in {cache}, or extract it and set "
+      "data.path to its tasks_1-20_v1-2 folder")
+  assert error.value.field == "data.path"
+  assert not (tmp_path / "data").exists()
+
+
+def test_bad_tasks_are_refused_before_any_download(monkeypatch, mirror):
+  _, url, requested = mirror
+  monkeypatch.setattr(babi_data, "ARCHIVE_URLS", (url + "tasks_1-20_v1-2.tar.gz",))
+  with pytest.raises(UsageError, match=r"data\.tasks=\[21\] is invalid"):
+    babi_data.load_babi(babi_data.DOWNLOAD, "en", [21])
+  with pytest.raises(UsageError, match=r"data\.babi_set='fr' is unknown"):
+    babi_data.load_babi(babi_data.DOWNLOAD, "fr", [1])
+  assert not requested
+
+
+def test_os_errors_name_the_file_and_the_reason(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UsageError, match=re.escape(
+      f"data.path: {tmp_path}/file/en is not a folder (Not a directory)")):
+    babi_data.load_babi(str(tmp_path / "file"), "en", [1])
+  with pytest.raises(UsageError, match=re.escape(
+      f"data.path: {tmp_path}/en is not a folder (No such file or directory)")):
+    babi_data.load_babi(str(tmp_path), "en", [1])
+  (tmp_path / "en").mkdir()
+  (tmp_path / "en" / "qa1_x_train.txt").mkdir()
+  (tmp_path / "en" / "qa1_x_test.txt").write_text("1 A b.\n2 C d? \te\t1\n")
+  with pytest.raises(UsageError, match=re.escape(
+      f"data.path: cannot read bAbI file {tmp_path}/en/qa1_x_train.txt (Is a directory)")):
+    babi_data.load_babi(str(tmp_path), "en", [1])
+  (tmp_path / "en" / "qa1_x_train.txt").rmdir()
+  (tmp_path / "en" / "qa1_x_train.txt").write_bytes(b"1 A \xff.\n")
+  with pytest.raises(UsageError, match=r"cannot read bAbI file .*qa1_x_train\.txt \("
+                     r"'utf-8' codec can't decode"):
+    babi_data.load_babi(str(tmp_path), "en", [1])
 
 
 def test_linear_start_ends_on_a_validation_plateau():

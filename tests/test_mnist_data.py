@@ -1,11 +1,20 @@
 """experiments.mnist_data.load_mnist: every source and every bad input."""
 
+import builtins
+import functools
 import gzip
+import hashlib
+import http.server
 import importlib.machinery
 import importlib.util
 import io
+import os
 import pathlib
+import random
 import re
+import socket
+import threading
+import time
 import zipfile
 from unittest import mock
 
@@ -162,7 +171,8 @@ def test_npz_round_trip(tmp_path, flat):
 
 def test_unknown_source_lists_accepted():
   with pytest.raises(
-      UsageError, match=r"data\.source.*'mnist'.*shipped, npz, idx, tfds"
+      UsageError,
+      match=r"data\.source.*'mnist'.*shipped, download, npz, idx, tfds",
   ):
     load_mnist("mnist")
 
@@ -314,6 +324,301 @@ def test_idx_corrupt_gzip(tmp_path):
     load_mnist("idx", str(tmp_path))
 
 
+def deny(monkeypatch, path):
+  """Makes open(path) fail with EACCES (chmod cannot stop root, who runs CI)."""
+  real_open = builtins.open
+
+  def fake_open(file, *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_open(file, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "open", fake_open)
+
+
+def test_npz_os_errors_name_the_file_and_the_reason(tmp_path, monkeypatch):
+  with pytest.raises(
+      UsageError, match=rf"data\.path: cannot read {re.escape(str(tmp_path))} "
+      r"\(Is a directory\)"
+  ):
+    load_mnist("npz", str(tmp_path))
+  path = tmp_path / "mnist.npz"
+  write_npz(path)
+  deny(monkeypatch, path)
+  with pytest.raises(
+      UsageError,
+      match=rf"cannot read {re.escape(str(path))} \(Permission denied\)",
+  ):
+    load_mnist("npz", str(path))
+
+
+def test_idx_os_errors_name_the_file_and_the_reason(tmp_path, monkeypatch):
+  write_idx(tmp_path, gz=True)
+  with pytest.raises(
+      UsageError, match=r"data\.path: .*train-images-idx3-ubyte\.gz is not a "
+      r"folder \(it is a file\)"
+  ):
+    load_mnist("idx", str(tmp_path / "train-images-idx3-ubyte.gz"))
+  (tmp_path / "train-labels-idx1-ubyte").mkdir()  # found before the .gz
+  with pytest.raises(
+      UsageError,
+      match=r"cannot read .*train-labels-idx1-ubyte \(Is a directory\)",
+  ):
+    load_mnist("idx", str(tmp_path))
+  (tmp_path / "train-labels-idx1-ubyte").rmdir()
+  deny(monkeypatch, tmp_path / "t10k-images-idx3-ubyte.gz")
+  with pytest.raises(
+      UsageError,
+      match=r"cannot read .*t10k-images-idx3-ubyte\.gz \(Permission denied\)",
+  ):
+    load_mnist("idx", str(tmp_path))
+
+
+def mutations(content, n, seed):
+  """n damaged copies of content: truncated, or a few bytes overwritten."""
+  rng = random.Random(seed)
+  for _ in range(n):
+    damaged = bytearray(content)
+    if rng.random() < 0.3:
+      del damaged[rng.randrange(len(damaged)):]
+    else:
+      for _ in range(rng.randint(1, 4)):
+        damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+    yield bytes(damaged)
+
+
+def test_damaged_files_give_usage_errors_only(tmp_path):
+  """A damaged .npz or gzipped IDX file loads or gives one UsageError line."""
+  npz = tmp_path / "mnist.npz"
+  write_npz(npz)
+  idx = tmp_path / "idx"
+  write_idx(idx, gz=True)
+  cases = [(npz, npz.read_bytes(), "npz")] + [
+      (f, f.read_bytes(), "idx") for f in sorted(idx.iterdir())
+  ]
+  for i, (file, content, source) in enumerate(cases):
+    for damaged in mutations(content, 150, seed=i):
+      file.write_bytes(damaged)
+      try:
+        load_mnist(source, str(npz if source == "npz" else idx))
+      except UsageError as e:
+        assert "\n" not in str(e)
+    file.write_bytes(content)
+
+
+# download
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+  """A local HTTP server of a folder: (folder, its URL, the paths requested)."""
+  folder = tmp_path / "mirror"
+  folder.mkdir()
+  requested = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+
+    def do_GET(self):
+      requested.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+  )
+  threading.Thread(
+      target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+  ).start()
+  for name in ("no_proxy", "NO_PROXY"):
+    monkeypatch.setenv(name, "*")
+  yield folder, f"http://127.0.0.1:{server.server_port}/", requested
+  server.shutdown()
+  server.server_close()
+
+
+def closed_url():
+  """The URL of a local port that nobody listens on: connections are refused."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def as_official(monkeypatch, folder, mirrors):
+  """Makes the .gz files in folder the expected ones, served from mirrors."""
+  table = {}
+  for name in IDX_NAMES:
+    content = (folder / f"{name}.gz").read_bytes()
+    table[f"{name}.gz"] = (len(content), hashlib.sha256(content).hexdigest())
+  monkeypatch.setattr(mnist_data, "CHECKSUMS", table)
+  monkeypatch.setattr(mnist_data, "MIRRORS", tuple(mirrors))
+
+
+GZ_NAMES = sorted(f"{name}.gz" for name in IDX_NAMES)
+
+
+def test_download_fetches_verifies_and_caches(tmp_path, monkeypatch, mirror):
+  folder, url, requested = mirror
+  arrays = write_idx(folder, gz=True)
+  as_official(monkeypatch, folder, [closed_url(), url])  # the first is down
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  cache = tmp_path / "data" / "mnist"
+  data = load_mnist("download")
+  check_matches(data, *arrays)
+  assert data.description == f"MNIST downloaded to {cache}: 12 train, 5 test"
+  assert sorted(os.listdir(cache)) == GZ_NAMES  # no temporary files left
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in GZ_NAMES:
+    assert (cache / name).read_bytes() == (folder / name).read_bytes()
+    assert (cache / name).stat().st_mode & 0o777 == 0o666 & ~umask
+  assert len(requested) == 4
+  # Cached: no network at all.
+  monkeypatch.setattr(mnist_data, "MIRRORS", (closed_url(),))
+  check_matches(load_mnist("download"), *arrays)
+  assert len(requested) == 4
+
+
+def test_download_into_data_path(tmp_path, monkeypatch, mirror):
+  folder, url, _ = mirror
+  arrays = write_idx(folder, gz=True)
+  as_official(monkeypatch, folder, [url])
+  data = load_mnist("download", str(tmp_path / "my cache"))
+  check_matches(data, *arrays)
+  assert sorted(os.listdir(tmp_path / "my cache")) == GZ_NAMES
+
+
+def test_files_copied_into_the_cache_need_no_network(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  arrays = write_idx(cache, gz=True)
+  as_official(monkeypatch, cache, [closed_url()])
+  check_matches(load_mnist("download", str(cache)), *arrays)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [(lambda b: b[:-10] + bytes([b[-10] ^ 1]) + b[-9:],
+      r"SHA-256 [0-9a-f]{64}, expected [0-9a-f]{64}"),
+     (lambda b: b[:-1], r"\d+ bytes, expected \d+"),
+     (lambda b: b + b"x", r"\d+ bytes or more, expected \d+")],
+    ids=["flipped", "truncated", "longer"],
+)
+def test_download_rejects_a_damaged_file_and_caches_none_of_it(
+    tmp_path, monkeypatch, mirror, damage, problem
+):
+  folder, url, _ = mirror
+  write_idx(folder, gz=True)
+  as_official(monkeypatch, folder, [url, url + "elsewhere/"])
+  bad = folder / "t10k-images-idx3-ubyte.gz"
+  bad.write_bytes(damage(bad.read_bytes()))
+  cache = tmp_path / "cache"
+  with pytest.raises(UsageError) as error:
+    load_mnist("download", str(cache))
+  message = str(error.value)
+  assert re.fullmatch(
+      r"data\.source: could not download t10k-images-idx3-ubyte\.gz \("
+      + re.escape(f"{url}t10k-images-idx3-ubyte.gz: rejected, ") + problem
+      + re.escape(f"; {url}elsewhere/t10k-images-idx3-ubyte.gz: HTTP 404 ")
+      + r"File not found\); without network, copy .* into "
+      + re.escape(str(cache))
+      + r"; .*data\.source='npz' or 'idx' with data\.path",
+      message,
+  ), message
+  assert error.value.field == "data.source"
+  # The two train files came first and are kept; nothing of the bad one.
+  assert sorted(os.listdir(cache)) == GZ_NAMES[2:]
+
+
+def test_a_cached_file_that_differs_is_named_and_kept(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  write_idx(cache, gz=True)
+  as_official(monkeypatch, cache, [closed_url()])
+  labels = cache / "train-labels-idx1-ubyte.gz"
+  labels.write_bytes(gzip.compress(idx_bytes(LABELS, 2049), mtime=1))
+  with pytest.raises(
+      UsageError,
+      match=rf"data\.source: {re.escape(str(labels))} is not the official "
+      r"train-labels-idx1-ubyte\.gz \(.*\); delete it to download it again",
+  ):
+    load_mnist("download", str(cache))
+  assert labels.is_file()
+
+
+def test_download_offline_fails_at_once_with_one_line(tmp_path, monkeypatch):
+  urls = [closed_url(), closed_url()]
+  monkeypatch.setattr(mnist_data, "MIRRORS", tuple(urls))
+  monkeypatch.setenv("GRADNOISE_DATA_DIR", str(tmp_path / "data"))
+  start = time.monotonic()
+  with pytest.raises(UsageError) as error:
+    load_mnist("download")
+  assert time.monotonic() - start < 10
+  message = str(error.value)
+  assert "\n" not in message
+  for url in urls:
+    assert f"{url}train-images-idx3-ubyte.gz: Connection refused" in message
+  cache = tmp_path / "data" / "mnist"
+  assert f"copy {', '.join(f'{n}.gz' for n in IDX_NAMES)} " in message
+  assert f"into {cache};" in message
+  assert "data.source='npz' or 'idx' with data.path" in message
+  assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_a_silent_server_times_out(tmp_path, monkeypatch):
+  with socket.socket() as listener:  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    monkeypatch.setattr(mnist_data, "MIRRORS", (url,))
+    monkeypatch.setattr(mnist_data, "TIMEOUT_S", 0.5)
+    for name in ("no_proxy", "NO_PROXY"):
+      monkeypatch.setenv(name, "*")
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=r"no answer within 0\.5 s\)"):
+      load_mnist("download", str(tmp_path / "cache"))
+    assert time.monotonic() - start < 5  # one try, no retries
+
+
+def test_download_write_errors_name_the_file(tmp_path, monkeypatch, mirror):
+  folder, url, _ = mirror
+  write_idx(folder, gz=True)
+  as_official(monkeypatch, folder, [url])
+  not_a_folder = tmp_path / "file"
+  not_a_folder.write_text("")
+  with pytest.raises(
+      UsageError,
+      match=rf"cannot read {re.escape(str(not_a_folder))}/"
+      r"train-images-idx3-ubyte\.gz \(Not a directory\)",
+  ):
+    load_mnist("download", str(not_a_folder))
+
+  def full(*args):
+    raise OSError(28, "No space left on device")
+
+  cache = tmp_path / "cache"
+  with mock.patch.object(os, "replace", full), pytest.raises(
+      UsageError,
+      match=rf"cannot write {re.escape(str(cache))}/"
+      r"train-images-idx3-ubyte\.gz \(No space left on device\)",
+  ):
+    load_mnist("download", str(cache))
+  assert not os.listdir(cache)  # the temporary file is gone
+
+
+def test_checksums_are_those_tfds_records():
+  """Our table of the official files agrees with tensorflow-datasets' own."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  table = pathlib.Path(tfds.__file__).parent / "url_checksums" / "mnist.txt"
+  if not table.is_file():
+    pytest.skip(f"{table} is absent in this tensorflow-datasets version")
+  recorded = {}
+  for line in table.read_text().splitlines():
+    url, size, sha256, name = line.split("\t")
+    recorded[name] = (int(size), sha256)
+    assert url == mnist_data.MIRRORS[0] + name
+  assert recorded == mnist_data.CHECKSUMS
+
+
 # tfds
 
 
@@ -321,6 +626,8 @@ def test_tfds_mock_data_source():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(
       num_examples=9, policy=tfds.testing.MockPolicy.USE_CODE
+  ), mock.patch.object(  # mock data stands in for prepared data
+      tfds.core.DatasetBuilder, "is_prepared", lambda self: True
   ):
     data = load_mnist("tfds")
   for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
@@ -331,7 +638,7 @@ def test_tfds_mock_data_source():
   assert data.description.startswith("MNIST via tfds from ")
 
 
-def test_tfds_reads_prepared_files_from_data_path(tmp_path):
+def test_tfds_reads_prepared_files_from_data_path(tmp_path, monkeypatch):
   """Real array_record files written by tfds' own MNIST builder.
 
   The builder's download and IDX reading are replaced by fixture digits, and
@@ -372,6 +679,7 @@ def test_tfds_reads_prepared_files_from_data_path(tmp_path):
         "mnist", data_dir=str(tmp_path), file_format="array_record"
     ).download_and_prepare()
 
+  without_tensorflow(monkeypatch)  # not needed to read prepared data
   data = load_mnist("tfds", str(tmp_path))
   assert data.description.startswith(f"MNIST via tfds from {tmp_path}")
   for (x, y), got_x, got_y in (
@@ -391,14 +699,54 @@ def test_tfds_failure_becomes_usage_error(monkeypatch, tmp_path):
     raise ConnectionError("no network")
 
   monkeypatch.setattr(tfds, "data_source", offline)
+  monkeypatch.setattr(
+      tfds.core.DatasetBuilder, "is_prepared", lambda self: True
+  )
   with pytest.raises(
       UsageError,
       match=at(tmp_path) + r": tfds\.data_source\('mnist', "
-      r"data_dir=.*\) failed with ConnectionError: no network",
+      r"data_dir=.*\) failed with ConnectionError: no network; use "
+      r"data\.source='download'",
   ):
     load_mnist("tfds", str(tmp_path))
   with pytest.raises(UsageError, match=r"data\.source: 'tfds': .*no network"):
     load_mnist("tfds")
+
+
+def without_tensorflow(monkeypatch):
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+      importlib.util, "find_spec",
+      lambda name, *args: None if name == "tensorflow" else real(name, *args),
+  )
+
+
+def test_tfds_without_tensorflow_fails_at_once_when_not_prepared(
+    monkeypatch, tmp_path, capfd
+):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  without_tensorflow(monkeypatch)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError("tfds.data_source must not be called")
+
+  monkeypatch.setattr(tfds, "data_source", no_network)
+  start = time.monotonic()
+  with pytest.raises(UsageError) as error:
+    load_mnist("tfds", str(tmp_path))
+  assert time.monotonic() - start < 10
+  assert re.fullmatch(
+      re.escape(f"data.path: {tmp_path}: MNIST is not prepared in {tmp_path}/")
+      + r"mnist/[\d.]+ "
+      + re.escape(
+          "and tfds needs TensorFlow, which is not installed, to prepare it; "
+          "use data.source='download' (no TensorFlow needed), or 'npz' or "
+          "'idx' with data.path, or install tensorflow"
+      ),
+      str(error.value),
+  ), str(error.value)
+  assert not os.listdir(tmp_path)
+  assert "Variant folder" not in capfd.readouterr().err  # tfds' warning
 
 
 # the real data set

@@ -12,7 +12,6 @@ from experiments import binary_tasks as bt
 from experiments import neural_gpu as ng
 from gradnoise import sweep, trainer
 from gradnoise.errors import UsageError
-from gradnoise.run import group_runs
 
 
 def small_config(**overrides):
@@ -214,11 +213,11 @@ def test_learns_binary_addition():
 
 def test_validate_names_bad_fields():
   with pytest.raises(UsageError, match="data.task"):
-    ng.validate(small_config(**{"data.task": "div"}))
+    trainer.validate(small_config(**{"data.task": "div"}), ng.EXPERIMENT)
   with pytest.raises(UsageError, match="curriculum.start_bits"):
-    ng.validate(small_config(**{"curriculum.start_bits": 9}))
+    trainer.validate(small_config(**{"curriculum.start_bits": 9}), ng.EXPERIMENT)
   with pytest.raises(UsageError, match="model.dropout_rate"):
-    ng.validate(small_config(**{"model.dropout_rate": 1.0}))
+    trainer.validate(small_config(**{"model.dropout_rate": 1.0}), ng.EXPERIMENT)
 
 
 @pytest.mark.parametrize("variant, num_runs", [("table6", 3**6 * 2 * 10),
@@ -228,6 +227,5 @@ def test_sweeps_are_one_compile_group(variant, num_runs):
   runs = [sweep.apply_overrides(config, o) for o in configs.get_sweep(variant)]
   assert len(runs) == num_runs
   for run in runs:
-    trainer.validate_common(run)
-    ng.validate(run)
-  assert len(group_runs(runs, ng.EXPERIMENT)) == 1
+    trainer.validate(run, ng.EXPERIMENT)
+  assert len({trainer.group_key(run, ng.EXPERIMENT) for run in runs}) == 1

@@ -2,6 +2,7 @@
 
 import ast
 import csv
+import functools
 import json
 import math
 import os
@@ -35,15 +36,22 @@ def fmt(value):
   return repr(value) if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
-def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=True):
-  """A work dir of the sweep init x eta x seeds; results for the first ``finished`` runs."""
+def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=True,
+                  noise=lambda level: {"noise.eta": level}, schedule=None):
+  """A work dir of the sweep init x noise level x seeds; results for the first ``finished``
+  runs. ``noise``: a level's overrides; ``schedule``: the base config's noise.schedule (the
+  base config's noise.eta and noise.std are nonzero)."""
   seeds = list(seeds)
   inits = list(dict.fromkeys(k[0] for k in acc))
-  etas = sorted({k[1] for k in acc})
-  sweep = [{"model.init": i, "noise.eta": e, "seed": s}
-           for i in inits for e in etas for s in seeds]
-  config = {"model": {"init": "simple", "depth": 20}, "noise": {"eta": 0.0, "gamma": 0.55},
+  levels = list(dict.fromkeys(k[1] for k in acc))
+  grid = [(i, level, s) for i in inits for level in levels for s in seeds]
+  sweep = [{"model.init": i, **noise(level), "seed": s} for i, level, s in grid]
+  config = {"model": {"init": "simple", "depth": 20},
+            "noise": {"eta": 1.0, "gamma": 0.55, "std": 0.001},
             "optimizer": {"learning_rate": 0.1}, "seed": 0}
+  if schedule:
+    config["noise"]["schedule"] = schedule
+  swept = list(dict.fromkeys(k for o in sweep for k in o if k != "seed"))
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump({"config": config, "sweep": sweep}, f)
@@ -51,17 +59,17 @@ def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=Tru
   if finished:
     with open(os.path.join(path, "results.csv"), "w", newline="") as f:
       writer = csv.writer(f, lineterminator="\n")
-      writer.writerow(["run", "model.init", "noise.eta", "seed", "test_accuracy",
-                       "best_test_accuracy", "train_loss", "test_error", "diverged"])
-      for run_id, o in enumerate(sweep[:finished]):
-        a = acc[(o["model.init"], o["noise.eta"])][seeds.index(o["seed"])]
-        writer.writerow([fmt(v) for v in (run_id, o["model.init"], o["noise.eta"], o["seed"],
-                                           a, a, 0.01 * (run_id + 1), 1 - a,
-                                           not math.isfinite(a))])
+      writer.writerow(["run", *swept, "seed", "test_accuracy", "best_test_accuracy",
+                       "train_loss", "test_error", "diverged"])
+      for run_id, (o, (i, level, s)) in enumerate(zip(sweep[:finished], grid)):
+        a = acc[(i, level)][seeds.index(s)]
+        values = [o.get(k, functools.reduce(dict.get, k.split("."), config)) for k in swept]
+        writer.writerow([fmt(v) for v in (run_id, *values, s, a, a, 0.01 * (run_id + 1),
+                                           1 - a, not math.isfinite(a))])
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
     for step in STEPS:
-      for run_id, o in enumerate(sweep):
-        a = acc[(o["model.init"], o["noise.eta"])][seeds.index(o["seed"])]
+      for run_id, (i, level, s) in enumerate(grid):
+        a = acc[(i, level)][seeds.index(s)]
         f.write(json.dumps({"run": run_id, "step": step, "epoch": step // 100,
                             "train_loss": (1 + run_id / 10) / step,
                             "test_accuracy": a * step / STEPS[-1]}) + "\n")
@@ -103,7 +111,8 @@ def test_summary_table_values(workdir):
     a = arm(rep, f"model.init={init}", eta)
     ok = finite(values)
     sd = statistics.stdev(ok)
-    assert a.arm.label == ("no noise" if eta == 0 else "noise.eta=0.01")
+    assert a.arm.label == ("no noise" if eta == 0 else "noise")
+    assert a.arm.field == ("" if eta == 0 else "noise.eta")
     assert a.runs == 4
     assert a.diverged == a.nonfinite == 4 - len(ok)
     assert a.best == max(ok)
@@ -156,7 +165,7 @@ def test_several_noise_levels_each_paired_with_no_noise(tmp_path):
   acc = {("simple", 0.0): [0.5, 0.6], ("simple", 0.01): [0.7, 0.9],
          ("simple", 0.3): [0.4, 0.4]}
   rep = analyze([write_workdir(str(tmp_path / "wd"), acc, seeds=range(2))])
-  assert [a.arm.label for a in rep.arms] == ["no noise", "noise.eta=0.01", "noise.eta=0.3"]
+  assert [a.arm.label for a in rep.arms] == ["no noise", "noise (eta 0.01)", "noise (eta 0.3)"]
   assert [p.arm.noise for p in rep.pairs] == [0.01, 0.3]
   assert [p.mean_diff for p in rep.pairs] == pytest.approx([0.25, -0.15])
 
@@ -220,15 +229,17 @@ def test_markdown_csv_and_pngs(workdir, tmp_path):
   ci = stats.t.ppf(0.975, 3) * sd / 2
   assert (f"| model.init=simple | no noise | 4 | 0 | 0 | 0.97 | 0.91 | {sd:.4g} | {ci:.4g} |"
           in text)
-  assert "| model.init=good | noise.eta=0.01 | 4 | 1 | 1 | 1 | 0.9967 |" in text
-  assert "| setting | threshold | no noise | noise.eta=0.01 |" in text
+  assert "| model.init=good | noise | 4 | 1 | 1 | 1 | 0.9967 |" in text
+  assert "| setting | threshold | no noise | noise |" in text
   assert "| model.init=simple | test_accuracy >= 1 | 0/4 | 1/4 |" in text
-  assert "| model.init=simple | noise.eta=0.01 | 4 | 0.045 |" in text
+  assert "| model.init=simple | noise | 4 | 0.045 |" in text
+  assert "Noise level: noise.eta (noise.schedule=annealed); 0 or unset: no noise." in text
   with open(os.path.join(out, "summary.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert [(r["model.init"], r["noise"], r["runs"], r["runs_ge_1"]) for r in rows] == [
-      ("simple", "0.0", "4", "0"), ("simple", "0.01", "4", "1"), ("good", "0.0", "4", "2"),
-      ("good", "0.01", "4", "2")]
+  assert [(r["model.init"], r["noise_field"], r["noise"], r["runs"], r["runs_ge_1"])
+          for r in rows] == [
+      ("simple", "", "0.0", "4", "0"), ("simple", "noise.eta", "0.01", "4", "1"),
+      ("good", "", "0.0", "4", "2"), ("good", "noise.eta", "0.01", "4", "2")]
   assert float(rows[0]["mean"]) == pytest.approx(0.91) and rows[0]["pairs"] == ""
   assert float(rows[1]["mean_diff"]) == pytest.approx(0.045) and rows[1]["ci95"]
   pngs = sorted(f for f in os.listdir(out) if f.endswith(".png"))
@@ -239,6 +250,101 @@ def test_markdown_csv_and_pngs(workdir, tmp_path):
     with open(os.path.join(out, name), "rb") as f:
       data = f.read()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and 1024 < len(data) < 150_000
+
+
+# (model.init, noise.std) -> final test accuracy of seeds 0..3, for noise.schedule=constant.
+ACC_STD = {
+    ("simple", 0.0): [0.50, 0.60, 0.55, 0.65],
+    ("simple", 0.001): [0.70, 0.80, 0.75, 0.70],
+    ("good", 0.0): [0.90, 0.91, 0.92, 0.93],
+    ("good", 0.001): [0.94, 0.90, 0.92, 0.96],
+}
+MIXED = {  # a sweep over the schedule itself
+    "off": {"noise.schedule": "annealed", "noise.eta": 0.0},
+    "eta": {"noise.schedule": "annealed", "noise.eta": 0.01},
+    "std": {"noise.schedule": "constant", "noise.std": 0.001},
+}
+
+
+def constant_workdir(path):
+  return write_workdir(path, ACC_STD, noise=lambda std: {"noise.std": std}, schedule="constant")
+
+
+def test_constant_schedule_arms_come_from_noise_std(tmp_path):
+  wd = constant_workdir(str(tmp_path / "wd"))
+  rep = analyze([wd])  # the base config's noise.eta (1.0) is unused by this schedule
+  assert rep.group_by == ["model.init"]
+  assert rep.noise_field == "noise.std (noise.schedule=constant)"
+  assert [(s.label, [(a.label, a.field, a.noise, len(a.runs)) for a in s.arms])
+          for s in rep.settings] == [
+      (f"model.init={init}", [("no noise", "", 0.0, 4), ("noise", "noise.std", 0.001, 4)])
+      for init in ("simple", "good")]
+  assert arm(rep, "model.init=simple", 0.001).mean == pytest.approx(0.7375)
+  p = pair(rep, "model.init=simple", 0.001)
+  assert p.pairs == 4 and p.mean_diff == pytest.approx(0.1625)
+  from gradnoise.launch import summary_table  # the end-of-run summary
+  assert summary_table(wd).splitlines()[1:] == [
+      "| setting | no noise: best | no noise: mean | no noise: runs | noise: best | "
+      "noise: mean | noise: runs |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+      "| model.init=simple | 65.00% | 57.50% | 4 | 80.00% | 73.75% | 4 |",
+      "| model.init=good | 93.00% | 91.50% | 4 | 96.00% | 93.00% | 4 |"]
+
+
+def test_schedule_swept_in_one_workdir(tmp_path):
+  acc = {("simple", "off"): [0.5, 0.6], ("simple", "eta"): [0.7, 0.9],
+         ("simple", "std"): [0.4, 0.8]}
+  wd = write_workdir(str(tmp_path / "wd"), acc, seeds=range(2), noise=MIXED.get)
+  out = str(tmp_path / "out")
+  text = report.make_report([wd], out, plots=False)
+  rep = analyze([wd])
+  assert rep.group_by == ["model.init"] and len(rep.settings) == 1
+  assert [(a.arm.label, a.arm.field, a.arm.noise, a.runs) for a in rep.arms] == [
+      ("no noise", "", 0.0, 2), ("noise (eta 0.01)", "noise.eta", 0.01, 2),
+      ("noise (std 0.001)", "noise.std", 0.001, 2)]
+  assert [(p.arm.label, p.pairs) for p in rep.pairs] == [
+      ("noise (eta 0.01)", 2), ("noise (std 0.001)", 2)]
+  assert [p.mean_diff for p in rep.pairs] == pytest.approx([0.25, 0.05])
+  assert ("Noise level: noise.eta (noise.schedule=annealed), noise.std "
+          "(noise.schedule=constant); 0 or unset: no noise.") in text
+  assert "| model.init=simple | noise (std 0.001) | 2 | 0 | 0 | 0.8 | 0.6 |" in text
+  with open(os.path.join(out, "summary.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["noise_field"], r["noise"], r["pairs"]) for r in rows] == [
+      ("", "0.0", ""), ("noise.eta", "0.01", "2"), ("noise.std", "0.001", "2")]
+
+
+def test_workdirs_of_both_schedules_share_the_no_noise_arm(tmp_path):
+  annealed = write_workdir(str(tmp_path / "annealed"))  # no noise.schedule: annealed
+  constant = constant_workdir(str(tmp_path / "constant"))
+  rep = analyze([annealed, constant], thresholds=[0.95])
+  assert rep.noise_field == ("noise.eta (noise.schedule=annealed), noise.std "
+                             "(noise.schedule=constant)")
+  assert [s.label for s in rep.settings] == ["model.init=simple", "model.init=good"]
+  setting = rep.settings[0]
+  assert [(a.label, len(a.runs)) for a in setting.arms] == [
+      ("no noise", 8), ("noise (eta 0.01)", 4), ("noise (std 0.001)", 4)]
+  assert arm(rep, "model.init=simple", 0.0).mean == pytest.approx(
+      statistics.mean(ACC[("simple", 0.0)] + ACC_STD[("simple", 0.0)]))
+  assert "| setting | threshold | no noise | noise (eta 0.01) | noise (std 0.001) |" in \
+      report.to_markdown(rep)
+
+
+def test_cli_takes_the_noise_field_from_the_schedule(tmp_path):
+  wd = constant_workdir(str(tmp_path / "wd"))
+  result = run_cli(wd, f"--out={tmp_path / 'out'}", "--noplots")
+  assert result.returncode == 0, result.stderr
+  assert "| model.init=simple | no noise | 4 | 0 | 0 | 0.65 | 0.575 |" in result.stdout
+  assert "| model.init=simple | noise | 4 | 0 | 0 | 0.8 | 0.7375 |" in result.stdout
+  explicit = run_cli(wd, f"--out={tmp_path / 'out'}", "--noplots", "--noise_field=noise.eta")
+  assert "| model.init=simple, noise.std=0.001 | noise | 4 |" in explicit.stdout
+
+
+def test_unknown_schedule_is_usage_error(tmp_path):
+  wd = write_workdir(str(tmp_path / "wd"), schedule="cyclic")
+  with pytest.raises(UsageError, match="noise.schedule='cyclic'.*--noise_field"):
+    analyze([wd])
+  assert analyze([wd], noise_field="noise.eta").settings[0].arms[1].label == "noise"
 
 
 def test_single_run_has_blank_ci(tmp_path):

@@ -1,6 +1,9 @@
 """The shared trainer: sweeps, grouping, vmapped runs, common random numbers, divergence."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,7 +11,6 @@ from configs import mnist_mlp as mnist_configs
 from experiments import mnist_mlp
 from gradnoise import experiment, sweep, trainer
 from gradnoise.errors import UsageError
-from gradnoise.run import group_runs
 
 EXP = mnist_mlp.EXPERIMENT
 
@@ -56,8 +58,10 @@ def test_table1_sweep_is_few_compile_groups():
   runs = [sweep.apply_overrides(config, o) for o in mnist_configs.get_sweep("table1")]
   # 6 settings x 2 learning rates x 2 noise levels x 20 seeds, + dropout 2 x 20.
   assert len(runs) == 6 * 2 * 2 * 20 + 2 * 20
-  groups = group_runs(runs, EXP)
-  assert sorted(len(g) for g in groups) == [40, 480]  # dropout on / off
+  groups = {}
+  for run in runs:
+    groups.setdefault(trainer.group_key(run, EXP), []).append(run)
+  assert sorted(len(g) for g in groups.values()) == [40, 480]  # dropout on / off
 
 
 def test_overrides_reject_unknown_fields_and_wrong_types():
@@ -118,6 +122,48 @@ def test_diverged_run_is_frozen_and_others_go_on():
   assert losses[0] == losses[1] or np.isnan(losses[0]) and np.isnan(losses[1])
 
 
+def blowup_loss(params, batch, key, hp, config):
+  """A finite loss whose gradient is inf (``hp["nan"]`` 0) or NaN (1) from epoch
+  ``hp["blowup_epoch"]`` on: the square root of 0, with slope 1 or 0 there."""
+  w = params["w"]
+  on = hp["epoch"] >= hp["blowup_epoch"]
+  inf_grad = jnp.sum(w - jax.lax.stop_gradient(w)) + jnp.where(on, 0.0, 1.0)
+  nan_grad = jnp.where(on, 0.0, 1.0) * (jnp.sum(w**2) + 1.0)
+  loss = jnp.sum((w - batch["y"].mean())**2) + jnp.sqrt(
+      jnp.where(hp["nan"] > 0, nan_grad, inf_grad))
+  return loss, {}
+
+
+BLOWUP = dataclasses.replace(
+    EXP, name="blowup", traced_fields=(),
+    hparams=lambda config: {"blowup_epoch": config.blowup_epoch, "nan": config.nan},
+    init_params=lambda key, config, hp: {"w": jnp.zeros(3)},
+    loss_fn=blowup_loss, eval_fn=lambda params, batch, hp, config: {})
+
+
+def test_non_finite_gradient_with_finite_loss_diverges_and_freezes():
+  # One step per epoch: the blow-up is the last step, so the loss never becomes non-finite.
+  data = {"y": np.arange(8, dtype=np.float32)}
+  configs = []
+  for blowup_epoch, nan in [(1, 0), (1, 1), (99, 0)]:
+    config = small_config(batch_size=8, **{"noise.eta": 0.0})
+    with config.unlocked():
+      config.blowup_epoch, config.nan = blowup_epoch, nan
+    configs.append(config)
+  program = trainer.build_program(BLOWUP, configs[0], num_train=8)
+  hp = trainer.stack_hparams([trainer.run_hparams(c, BLOWUP) for c in configs], 3)
+  state = program.init(hp)
+  state, metrics = program.train_epoch(state, hp, data, np.int32(0))
+  before = np.asarray(state.params["w"])
+  assert np.all(np.isfinite(before)) and not np.any(state.diverged)
+  state, metrics = program.train_epoch(state, hp, data, np.int32(1))
+  assert np.all(np.isfinite(metrics["train_loss"]))
+  np.testing.assert_array_equal(state.diverged, [True, True, False])
+  after = np.asarray(state.params["w"])
+  np.testing.assert_array_equal(after[:2], before[:2])  # frozen at the last finite values
+  assert np.all(np.isfinite(after[2])) and not np.array_equal(after[2], before[2])
+
+
 def test_training_learns_and_runs_pad_to_devices():
   config = small_config(seed=0, num_epochs=8, **{"model.init": "he", "noise.eta": 0.0})
   results = train([config], synthetic_data(n_train=1024))
@@ -137,5 +183,7 @@ def test_inits_are_per_layer_stds():
 
 
 def test_batch_larger_than_data_is_a_usage_error():
-  with pytest.raises(UsageError, match="batch_size=512"):
-    trainer.build_program(EXP, small_config(batch_size=512), 256)
+  data = EXP.load_data(small_config())
+  with pytest.raises(UsageError, match="batch_size=5000 is larger than the training set "
+                     r"\(4000 examples"):
+    trainer.check_data(small_config(batch_size=5000), data)
