@@ -35,7 +35,7 @@ def measure(num_runs: int, steps: int) -> tuple[float, float]:
   hp = trainer.to_global(trainer.stack_hparams(hps, trainer.padded_size(num_runs, mesh.size)),
                          NamedSharding(mesh, PartitionSpec("runs")))
   train = trainer.to_global(data.train, NamedSharding(mesh, PartitionSpec()))
-  state = program.init(hp)
+  state = program.init(hp, train)
   compiled = program.train_epoch.lower(state, hp, train, np.int32(0)).compile()
   memory = compiled.memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -54,7 +54,7 @@ def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset) -> fl
   hp = trainer.to_global(trainer.stack_hparams(hps, trainer.padded_size(num_runs, mesh.size)),
                          NamedSharding(mesh, PartitionSpec("runs")))
   train = trainer.to_global(data.train, NamedSharding(mesh, PartitionSpec()))
-  state = program.init(hp)
+  state = program.init(hp, train)
   state, _ = program.train_epoch(state, hp, train, np.int32(0))  # compile + warm up
   jax.block_until_ready(state)
   start = time.perf_counter()
@@ -66,7 +66,8 @@ def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset) -> fl
 def per_run_loop_seconds_per_run_epoch(data: experiment.Dataset) -> float:
   config = base_config()
   hp = trainer.run_hparams(config, mnist_mlp.EXPERIMENT)
-  params = mnist_mlp.init_params(jax.random.key(0), config, hp)
+  config = trainer.group_config(config, mnist_mlp.EXPERIMENT)
+  params = mnist_mlp.init_params(jax.random.key(0), None, hp, config)
   tx = gradnoise.noisy(optax.sgd(0.1), eta=0.01, key=jax.random.key(1))
   opt_state = tx.init(params)
 

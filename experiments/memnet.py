@@ -113,7 +113,8 @@ def _use_softmax(hp: HParams) -> jax.Array:
   return (hp["epoch"] >= hp["linear_start_epochs"]) | hp.get("softmax_on", False)
 
 
-def init_extra(hp: HParams, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def init_state(key: jax.Array, batch: Batch, hp: HParams,
+               config: experiment.GroupConfig) -> dict[str, jax.Array]:
   """Linear-start state: softmax switched on early, best validation loss, bad evals."""
   return {"softmax_on": jnp.zeros([], bool), "best_valid_loss": jnp.full([], jnp.inf),
           "bad_evals": jnp.zeros([], jnp.int32)}
@@ -176,7 +177,8 @@ def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
   )
 
 
-def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp: HParams) -> Params:
+def init_params(key: jax.Array, batch: Batch, hp: HParams,
+                config: experiment.GroupConfig) -> Params:
   """E_0..E_K, each [vocabulary + memory size, d] ~ N(0, init_std^2)."""
   data = _data(config)
   shape = (len(data.vocab) + data.memory_size, config.model.embedding_dim)
@@ -232,6 +234,5 @@ EXPERIMENT = experiment.Experiment(
     loss_fn=loss_fn,
     eval_fn=eval_fn,
     summary_metric="test_error",
-    init_extra=init_extra,
-    after_eval=after_eval,
+    state=experiment.RunStateHooks(init=init_state, after_eval=after_eval),
 )

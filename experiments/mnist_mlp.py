@@ -76,7 +76,8 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return {"init_std": init_stds(config), "dropout_rate": np.float32(config.model.dropout_rate)}
 
 
-def init_params(key: jax.Array, config: ml_collections.ConfigDict, hp) -> list[dict]:
+def init_params(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
+                config: experiment.GroupConfig) -> list[dict]:
   sizes = layer_sizes(config)
   params = []
   for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -98,7 +99,7 @@ def apply(params, x, config, hp, dropout_key=None) -> jax.Array:
 
 
 def loss_fn(params, batch, key, hp, config):
-  dropout_key = key if config.model.dropout_rate > 0 else None
+  dropout_key = key if config.code_choices["dropout"] else None
   logits = apply(params, batch["x"], config, hp, dropout_key)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
@@ -122,5 +123,5 @@ EXPERIMENT = experiment.Experiment(
     init_params=init_params,
     loss_fn=loss_fn,
     eval_fn=eval_fn,
-    code_key=lambda config: {"dropout": config.model.dropout_rate > 0},
+    code_choices=lambda config: {"dropout": config.model.dropout_rate > 0},
 )

@@ -53,7 +53,7 @@ noise scaled by the error rate (we use the paper's annealed Gaussian noise), Ada
 epsilon 1e-4 (optax default 1e-8).
 
 Per-run curriculum state (current length, pull, averaged flag, window sums) lives outside
-the gradient: ``init_extra`` / ``update_extra``. The trainer passes it to ``loss_fn`` and
+the gradient: ``init_state`` / ``after_step`` (``Experiment.state``). The trainer passes it to ``loss_fn`` and
 ``eval_fn`` merged into ``hp`` and logs it as ``state_bits``, ``state_pull``, ...
 """
 
@@ -114,8 +114,8 @@ def _uniform_scaling(key: jax.Array, shape: tuple[int, ...], fan_in: int,
   return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * scale * np.sqrt(3.0 / fan_in)
 
 
-def init_params(key: jax.Array, config: ml_collections.ConfigDict,
-                hp: experiment.HParams) -> Params:
+def init_params(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
+                config: experiment.GroupConfig) -> Params:
   """Embedding, input map, r x cgrus CGRU parameter copies (independent draws), output map."""
   m, r, c = config.model.maps, config.relax.copies, config.model.cgrus
   scale = 1.8 * hp["init_scale"]
@@ -214,7 +214,7 @@ def loss_fn(params: Params, batch: experiment.Batch, key: jax.Array, hp: experim
   bits = sample_bits(sample_key, batch["inputs"].shape[0], hp["bits"], config.data.train_bits)
   example = select_rows(batch, bits)
   logits = apply(params, example["inputs"], hp, config,
-                 dropout_key if config.model.dropout_rate > 0 else None)
+                 dropout_key if config.code_choices["dropout"] else None)
   mask = example["inputs"] != binary_tasks.PAD
   xent = optax.softmax_cross_entropy_with_integer_labels(logits, example["targets"])
   loss = jnp.sum(xent * mask) / jnp.sum(mask)
@@ -236,8 +236,8 @@ def eval_fn(params: Params, batch: experiment.Batch, hp: experiment.HParams,
                 batch["targets"].astype(jnp.int32))
 
 
-def init_extra(hp: experiment.HParams,
-               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def init_state(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
+               config: experiment.GroupConfig) -> dict[str, jax.Array]:
   """Curriculum state of a run at step 0."""
   return {
       "bits": jnp.asarray(config.curriculum.start_bits, jnp.int32),
@@ -249,8 +249,8 @@ def init_extra(hp: experiment.HParams,
   }
 
 
-def update_extra(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: experiment.HParams,
-                 config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def after_step(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: experiment.HParams,
+               config: experiment.GroupConfig) -> dict[str, jax.Array]:
   """After a step: accumulate the window; at its end advance the curriculum on success."""
   steps = extra["window_steps"] + 1
   errors_sum = extra["window_errors"] + aux["curriculum_errors"]
@@ -337,8 +337,7 @@ EXPERIMENT = experiment.Experiment(
     init_params=init_params,
     loss_fn=loss_fn,
     eval_fn=eval_fn,
-    code_key=lambda config: {"dropout": config.model.dropout_rate > 0},
+    code_choices=lambda config: {"dropout": config.model.dropout_rate > 0},
     summary_metric="test_seq_error",
-    init_extra=init_extra,
-    update_extra=update_extra,
+    state=experiment.RunStateHooks(init=init_state, after_step=after_step),
 )

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import ml_collections
@@ -26,6 +26,26 @@ from gradnoise.fields import Field
 Config = ml_collections.ConfigDict
 Batch = dict[str, jax.Array]
 HParams = dict[str, jax.Array]
+Params = Any
+Extra = dict[str, Any]
+Metrics = dict[str, jax.Array]
+STATE_KEY = "state"  # loss_fn aux entry holding new values of the run's extra state
+
+
+class InitFn(Protocol):
+  def __call__(self, key: jax.Array, batch: Batch, hp: HParams, config: Config) -> Params:
+    ...
+
+
+class LossFn(Protocol):
+  def __call__(self, params: Params, batch: Batch, key: jax.Array, hp: HParams,
+               config: Config) -> tuple[jax.Array, Metrics]:
+    ...
+
+
+class EvalFn(Protocol):
+  def __call__(self, params: Params, batch: Batch, hp: HParams, config: Config) -> Metrics:
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,39 +72,64 @@ class Dataset:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunStateHooks:
+  """Per-run state outside the gradient: a curriculum length, a linear-start switch,
+  BatchNorm statistics. The state (``extra``, a dict of arrays) is merged into ``hp`` for
+  every function below and for ``loss_fn`` / ``eval_fn``, checkpointed with the run, and
+  its scalars are logged as ``state_<name>``. It stops changing when the run diverges.
+
+  Attributes:
+    init: ``(key, batch, hp, config) -> extra``, the initial state (same key and sample
+      batch as ``init_params``).
+    after_step: optional ``(extra, aux, hp, config) -> extra``, after every training step
+      with the step's ``loss_fn`` aux (whose ``aux["state"]``, if any, is already merged).
+    after_eval: optional ``(extra, metrics, hp, config) -> extra``, after every evaluation
+      with its metrics (``<split>_<metric>``), e.g. to act on a validation plateau.
+  """
+
+  init: Callable[[jax.Array, Batch, HParams, Config], Extra]
+  after_step: Callable[[Extra, Metrics, HParams, Config], Extra] | None = None
+  after_eval: Callable[[Extra, Metrics, HParams, Config], Extra] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
   """What the shared trainer needs from an experiment.
 
+  Every function that runs inside the compiled program (``init_params``, ``loss_fn``,
+  ``eval_fn`` and the state hooks) takes its arguments in one order, ``(params or state,
+  batch, key, hp, config)`` with the ones it does not need left out, and gets the compile
+  group's config as a :class:`GroupConfig`: reading a traced field from it raises
+  :class:`TracedFieldError` (its value differs between the runs of the group; read it from
+  ``hp``), and ``config.code_choices`` gives the choices declared by ``code_choices``.
+
   Attributes:
-    name: the config's ``experiment`` value.
+    name: a short name for messages.
     traced_fields: config fields (dotted) that only change numbers, not shapes or code:
       runs that differ only in these (and the trainer's own traced fields: seed, learning
-      rate, noise, clipping) share one compiled program.
+      rate, noise, clipping) share one compiled program. ``hparams`` puts them in ``hp``.
     fields: dotted name -> :class:`gradnoise.fields.Field` for every config field the
       experiment adds to the trainer's (``trainer.FIELDS``); each run's config is checked
       against them before anything is written.
-    validate: ``config -> None``; checks rules between fields (raises UsageError naming a
-      field); the per-field checks come from ``fields``.
-    load_data: ``config -> Dataset``.
-    hparams: ``config -> {name: number or array}``, the per-run traced values this
-      experiment reads in ``init_params`` / ``loss_fn`` (all runs of a group give the same
-      shapes).
-    init_params: ``(key, config, hp) -> params``.
-    loss_fn: ``(params, batch, key, hp, config) -> (loss, {metric: value})`` for training
-      (the key drives dropout and other training randomness). ``hp["epoch"]`` is the
-      0-based epoch being trained (int32), in ``eval_fn`` the last epoch trained.
+    load_data: ``config -> Dataset``; raises UsageError naming the file for bad data.
+    hparams: ``config -> {name: number or array}``, the per-run traced values (all runs of
+      a group give the same shapes). ``hp`` also holds the trainer's ``seed``,
+      ``learning_rate``, ``eta``, ``gamma``, ``std``, ``clip_norm`` and ``epoch`` (the
+      0-based epoch being trained; in ``eval_fn`` the last epoch trained).
+    init_params: ``(key, batch, hp, config) -> params``; ``batch`` is a sample training
+      batch of the run (``batch_size`` examples), for shape inference or data-dependent
+      initialisation.
+    loss_fn: ``(params, batch, key, hp, config) -> (loss, aux)``: the training loss and
+      scalar metrics (the key drives dropout and other training randomness); ``aux["state"]``
+      (optional) holds new values for entries of the run's extra state.
     eval_fn: ``(params, batch, hp, config) -> {metric: per-example values [B]}``; the
       trainer averages them over each eval split and names them ``<split>_<metric>``.
-    code_key: ``config -> JSON-able value`` for choices a traced field implies about the
-      code (e.g. dropout on or off); runs with different values compile separately.
+    validate: ``config -> None``; rules between fields (raises UsageError naming a field).
+    code_choices: ``config -> {name: JSON-able value}``, what a traced field implies about
+      the code, declared once (e.g. ``{"dropout": rate > 0}``): runs with different choices
+      compile separately, and the functions above read them as ``config.code_choices``.
     summary_metric: the results.csv column of the end-of-sweep summary table.
-    init_extra: optional ``(hp, config) -> {name: array}``, per-run state outside the
-      gradient (e.g. a curriculum length); it is merged into ``hp`` for ``loss_fn`` and
-      ``eval_fn``, checkpointed with the run, and logged as ``state_<name>``.
-    update_extra: ``(extra, aux, hp, config) -> extra``, called after every step with the
-      step's ``loss_fn`` aux metrics.
-    after_eval: ``(extra, metrics, hp, config) -> extra``, called after every evaluation
-      with its metrics (``<split>_<metric>``), e.g. to act on a validation plateau.
+    state: optional :class:`RunStateHooks` for per-run state outside the gradient.
   """
 
   name: str
@@ -92,15 +137,65 @@ class Experiment:
   fields: Mapping[str, Field]
   load_data: Callable[[Config], Dataset]
   hparams: Callable[[Config], dict[str, Any]]
-  init_params: Callable[..., Any]
-  loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-  eval_fn: Callable[..., dict[str, jax.Array]]
+  init_params: InitFn
+  loss_fn: LossFn
+  eval_fn: EvalFn
   validate: Callable[[Config], None] = lambda config: None
-  code_key: Callable[[Config], Any] = lambda config: None
+  code_choices: Callable[[Config], dict[str, Any]] = lambda config: {}
   summary_metric: str = "test_accuracy"
-  init_extra: Callable[..., dict[str, Any]] | None = None
-  update_extra: Callable[..., dict[str, Any]] | None = None
-  after_eval: Callable[..., dict[str, Any]] | None = None
+  state: RunStateHooks | None = None
+
+
+class TracedFieldError(AttributeError):
+  """A function inside the compiled program read a traced config field from the config."""
+
+
+class GroupConfig:
+  """A compile group's config as the functions inside its program see it.
+
+  Fields are read as from a ConfigDict (``config.model.width``, ``config["model"]``); a
+  traced field raises :class:`TracedFieldError`, because the program serves every run of
+  the group and the field's value differs between them (read ``hp`` instead).
+  ``code_choices`` holds the group's ``Experiment.code_choices``.
+  """
+
+  def __init__(self, config: Config, traced: Sequence[str], code_choices: dict[str, Any],
+               prefix: str = ""):
+    self._config, self._traced, self._prefix = config, frozenset(traced), prefix
+    self.code_choices = dict(code_choices)
+
+  def _get(self, name: str) -> Any:
+    dotted = self._prefix + name
+    if dotted in self._traced:
+      raise TracedFieldError(
+          f"config field {dotted} is traced (it may differ between the runs of one compiled "
+          f"program, so the config holds only one run's value); read it from hp, which "
+          f"the experiment's hparams(config) fills, or declare what it implies for the code "
+          f"in Experiment.code_choices and read config.code_choices.")
+    value = self._config[name]
+    if isinstance(value, ml_collections.ConfigDict):
+      return GroupConfig(value, self._traced, self.code_choices, dotted + ".")
+    return value
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("_"):
+      raise AttributeError(name)
+    try:
+      return self._get(name)
+    except KeyError:
+      raise AttributeError(f"config has no field {self._prefix + name!r}") from None
+
+  def __getitem__(self, name: str) -> Any:
+    return self._get(name)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._config
+
+  def get(self, name: str, default: Any = None) -> Any:
+    return self._get(name) if name in self._config else default
+
+  def keys(self):
+    return self._config.keys()
 
 
 BUILTIN_PACKAGE = "experiments"

@@ -11,6 +11,7 @@ from ``key(seed)``, so runs that differ only in eta share initial weights and ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -28,7 +29,7 @@ import gradnoise
 from gradnoise import fields
 from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
-from gradnoise.experiment import Dataset, Experiment
+from gradnoise.experiment import STATE_KEY, Dataset, Experiment, GroupConfig
 from gradnoise.sweep import get_field
 
 # Key streams, folded into key(seed) (README, "Architecture": common random numbers).
@@ -108,7 +109,7 @@ def group_key(config: ml_collections.ConfigDict, experiment: Experiment) -> str:
   flat = _flatten(config.to_dict())
   for name in traced_fields(experiment):
     flat.pop(name, None)
-  flat["<code>"] = experiment.code_key(config)
+  flat["<code>"] = experiment.code_choices(config)
   return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -176,9 +177,147 @@ def batch_order(hp: dict[str, jax.Array], epoch: jax.Array, num_train: int, step
   return order.reshape(steps, batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  """What the per-run functions of a compile group share (static, not traced).
+
+  Attributes:
+    experiment: the experiment.
+    config: the group's config as its program sees it (traced fields guarded).
+    num_train: training examples (per task).
+    batch_size: training batch size.
+    tasks: the data arrays have a leading task axis, from which each run takes the one its
+      ``hp["task"]`` selects (``Dataset.num_tasks``).
+  """
+
+  experiment: Experiment
+  config: GroupConfig
+  num_train: int
+  batch_size: int
+  tasks: bool = False
+
+  @property
+  def steps(self) -> int:
+    """Training steps per epoch (>= 1: ``check_data`` ran before)."""
+    return self.num_train // self.batch_size
+
+
+def take(spec: GroupSpec, arrays: dict[str, Any], hp: dict[str, jax.Array],
+         index: Any) -> dict[str, jax.Array]:
+  """Rows ``index`` of the arrays (of the run's task, with tasks): a gather, no copy."""
+  if spec.tasks:
+    return {k: v[hp["task"].astype(jnp.int32), index] for k, v in arrays.items()}
+  return {k: v[index] for k, v in arrays.items()}
+
+
+def freeze(diverged: jax.Array, old: Any, new: Any) -> Any:
+  """``old`` where the run has diverged, else ``new`` (leaf by leaf)."""
+  return jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n), old, new)
+
+
+def init_run(spec: GroupSpec, hp: dict[str, jax.Array], train_data: dict[str, Any]) -> RunState:
+  """One run's initial state from its hyperparameters and a sample batch of its data.
+
+  The sample batch is the first batch of the run's epoch 0.
+  """
+  key = _stream(hp, STREAM_INIT)
+  first = batch_order(hp, 0, spec.num_train, spec.steps, spec.batch_size)[0]
+  batch = take(spec, train_data, hp, first)
+  params = spec.experiment.init_params(key, batch, hp, spec.config)
+  tx = make_optimizer(spec.config, hp, _stream(hp, STREAM_NOISE), spec.steps)
+  hooks = spec.experiment.state
+  extra = hooks.init(key, batch, hp, spec.config) if hooks else {}
+  return RunState(params, tx.init(params), jnp.zeros([], bool), extra)
+
+
+def train_step(spec: GroupSpec, tx: optax.GradientTransformation, state: RunState,
+               batch: dict[str, jax.Array], key: jax.Array,
+               hp: dict[str, jax.Array]) -> tuple[RunState, dict[str, jax.Array]]:
+  """One update of one run: loss and gradient, clip -> noise -> optimizer, extra state.
+
+  A run whose loss, any gradient or any new parameter is non-finite is marked diverged and
+  keeps its last finite state. Returns the new state and the step's metrics (loss, aux).
+  """
+  experiment, config = spec.experiment, spec.config
+  (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
+      state.params, batch, key, {**hp, **state.extra}, config)
+  aux = dict(aux)
+  extra = {**state.extra, **aux.pop(STATE_KEY, {})}
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if experiment.state and experiment.state.after_step:
+    extra = experiment.state.after_step(extra, aux, {**hp, **state.extra}, config)
+  # One reduction per leaf, fused with the ops producing them. Clipping could hide an inf
+  # gradient, so gradients and new params (i.e. updates) both count.
+  finite = [jnp.isfinite(loss).all()] + [jnp.isfinite(x).all()
+                                         for x in jax.tree.leaves((grads, params))]
+  diverged = state.diverged | ~jnp.stack(finite).all()
+  new_state = RunState(freeze(diverged, state.params, params),
+                       freeze(diverged, state.opt_state, opt_state), diverged,
+                       freeze(diverged, state.extra, extra))
+  return new_state, {"loss": loss, **aux}
+
+
+def train_epoch(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
+                train_data: dict[str, Any],
+                epoch: jax.Array) -> tuple[RunState, dict[str, jax.Array]]:
+  """One epoch of one run: ``train_step`` scanned over the epoch's batches.
+
+  Returns the state and the epoch's metrics: ``train_<name>`` (mean over steps) and
+  ``state_<name>`` (scalar entries of the extra state).
+  """
+  hp = {**hp, "epoch": epoch}
+  tx = make_optimizer(spec.config, hp, _stream(hp, STREAM_NOISE), spec.steps)
+  order = batch_order(hp, epoch, spec.num_train, spec.steps, spec.batch_size)
+  dropout_stream = _stream(hp, STREAM_DROPOUT)
+
+  def step(state, inputs):
+    indices, step_num = inputs
+    return train_step(spec, tx, state, take(spec, train_data, hp, indices),
+                      jax.random.fold_in(dropout_stream, step_num), hp)
+
+  step_nums = epoch * spec.steps + jnp.arange(spec.steps)
+  state, per_step = jax.lax.scan(step, state, (order, step_nums))
+  metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
+  metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
+                  for k, v in state.extra.items() if jnp.ndim(v) == 0})
+  return state, metrics
+
+
+def evaluate(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
+             eval_data: dict[str, dict[str, Any]],
+             epoch: jax.Array) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """Metrics ``<split>_<metric>`` of one run over each eval split (masked means), and its
+  extra state after the experiment's ``after_eval`` hook."""
+  experiment, config = spec.experiment, spec.config
+  hp = {**hp, **state.extra, "epoch": epoch}
+  out = {}
+  for split, arrays in eval_data.items():
+    num_batches = arrays["_mask"].shape[1 if spec.tasks else 0]
+    batches = {k: v for k, v in arrays.items() if k != "_mask"}
+    values = jax.lax.map(
+        lambda i: experiment.eval_fn(state.params, take(spec, batches, hp, i), hp, config),
+        jnp.arange(num_batches))
+    mask = take(spec, {"m": arrays["_mask"]}, hp, slice(None))["m"]
+    for name, v in values.items():
+      out[f"{split}_{name}"] = jnp.sum(v * mask) / jnp.sum(mask)
+  extra = state.extra
+  if experiment.state and experiment.state.after_eval:
+    extra = freeze(state.diverged, extra, experiment.state.after_eval(extra, out, hp, config))
+  return out, extra
+
+
 @dataclasses.dataclass
 class GroupProgram:
-  """The compiled functions of one compile group (built once, reused for every batch)."""
+  """The compiled functions of one compile group (built once, reused for every batch).
+
+  Attributes:
+    init: ``(hp [R], train_data) -> RunState [R]``.
+    train_epoch: ``(state [R], hp [R], train_data, epoch) -> (state, metrics [R])``; donates
+      the state.
+    evaluate: ``(state [R], hp [R], eval_data, epoch) -> (metrics [R], extra [R])``.
+    steps_per_epoch: training steps per epoch.
+  """
 
   init: Callable
   train_epoch: Callable
@@ -186,87 +325,24 @@ class GroupProgram:
   steps_per_epoch: int
 
 
+def group_config(config: ml_collections.ConfigDict, experiment: Experiment) -> GroupConfig:
+  """``config`` as the group's program sees it: traced fields guarded, code choices set."""
+  return GroupConfig(config, traced_fields(experiment), experiment.code_choices(config))
+
+
 def build_program(experiment: Experiment, config: ml_collections.ConfigDict,
                   num_train: int, tasks: bool = False) -> GroupProgram:
-  """``jit(vmap(...))`` init, train-epoch and evaluation functions for a compile group.
-
-  With ``tasks``, the data arrays have a leading task axis and each run uses the slice its
-  ``hp["task"]`` selects (``Dataset.num_tasks``).
-  """
-  def take(arrays, hp, index):
-    """Rows ``index`` of the arrays (of the run's task, with tasks): a gather, no copy."""
-    if tasks:
-      return {k: v[hp["task"].astype(jnp.int32), index] for k, v in arrays.items()}
-    return {k: v[index] for k, v in arrays.items()}
-
-  batch_size = config.batch_size
-  steps = num_train // batch_size  # >= 1: check_data ran before
-
-  def init(hp):
-    params = experiment.init_params(_stream(hp, STREAM_INIT), config, hp)
-    tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
-    extra = experiment.init_extra(hp, config) if experiment.init_extra else {}
-    return RunState(params, tx.init(params), jnp.zeros([], bool), extra)
-
-  def train_epoch(state, hp, train_data, epoch):
-    hp = {**hp, "epoch": epoch}
-    tx = make_optimizer(config, hp, _stream(hp, STREAM_NOISE), steps)
-    order = batch_order(hp, epoch, num_train, steps, batch_size)
-    dropout_stream = _stream(hp, STREAM_DROPOUT)
-
-    def step(state, inputs):
-      indices, step_num = inputs
-      batch = take(train_data, hp, indices)
-      key = jax.random.fold_in(dropout_stream, step_num)
-      (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
-          state.params, batch, key, {**hp, **state.extra}, config)
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      extra = (experiment.update_extra(state.extra, aux, hp, config)
-               if experiment.update_extra else state.extra)
-      # Non-finite loss, gradients or new params (i.e. updates): one reduction per leaf,
-      # fused with the ops producing them. Clipping could hide inf gradients, so both count.
-      finite = [jnp.isfinite(loss).all()] + [jnp.isfinite(x).all()
-                                             for x in jax.tree.leaves((grads, params))]
-      diverged = state.diverged | ~jnp.stack(finite).all()
-      keep = lambda old, new: jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n),
-                                           old, new)
-      new_state = RunState(keep(state.params, params), keep(state.opt_state, opt_state),
-                           diverged, keep(state.extra, extra))
-      return new_state, {"loss": loss, **aux}
-
-    step_nums = epoch * steps + jnp.arange(steps)
-    state, per_step = jax.lax.scan(step, state, (order, step_nums))
-    metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
-    metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
-                    for k, v in state.extra.items() if jnp.ndim(v) == 0})
-    return state, metrics
-
-  def evaluate(state, hp, eval_data, epoch):
-    params = state.params
-    hp = {**hp, **state.extra, "epoch": epoch}
-    out = {}
-    for split, arrays in eval_data.items():
-      num_batches = arrays["_mask"].shape[1 if tasks else 0]
-      batches = {k: v for k, v in arrays.items() if k != "_mask"}
-      values = jax.lax.map(
-          lambda i: experiment.eval_fn(params, take(batches, hp, i), hp, config),
-          jnp.arange(num_batches))
-      mask = take({"m": arrays["_mask"]}, hp, slice(None))["m"]
-      for name, v in values.items():
-        out[f"{split}_{name}"] = jnp.sum(v * mask) / jnp.sum(mask)
-    extra = state.extra
-    if experiment.after_eval:
-      extra = jax.tree.map(lambda old, new: jax.lax.select(state.diverged, old, new), extra,
-                           experiment.after_eval(extra, out, hp, config))
-    return out, extra
-
+  """``jit(vmap(...))`` of :func:`init_run`, :func:`train_epoch` and :func:`evaluate` for
+  the compile group of ``config``; R runs at once, data shared (not vmapped)."""
+  spec = GroupSpec(experiment, group_config(config, experiment), num_train,
+                   config.batch_size, tasks)
+  shared = (0, 0, None, None)
   return GroupProgram(
-      init=jax.jit(jax.vmap(init)),
-      train_epoch=jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None)),
+      init=jax.jit(jax.vmap(functools.partial(init_run, spec), in_axes=(0, None))),
+      train_epoch=jax.jit(jax.vmap(functools.partial(train_epoch, spec), in_axes=shared),
                           donate_argnums=0),
-      evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None))),
-      steps_per_epoch=steps,
+      evaluate=jax.jit(jax.vmap(functools.partial(evaluate, spec), in_axes=shared)),
+      steps_per_epoch=spec.steps,
   )
 
 
@@ -376,7 +452,7 @@ def train_group(
       continue
     hps = [run_hparams(runs[i][1], experiment) for i in batch]
     hp = to_global(stack_hparams(hps, padded_size(len(hps), mesh.size)), run_sharding)
-    state = program.init(hp)
+    state = program.init(hp, train_data)
     start, history = 0, {}
     checkpoints = None
     if checkpoint_dir is not None:

@@ -45,6 +45,11 @@ def _tiny_babi_folder() -> str:
 
 
 FIXTURES = _tiny_babi_folder()
+
+
+def gc(config):
+  """The config as the compiled program's functions see it."""
+  return trainer.group_config(config, memnet.EXPERIMENT)
 TINY_QA1 = os.path.join(FIXTURES, "en", "qa1_tiny-stories_train.txt")
 REAL_BABI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "babi",
                          "tasks_1-20_v1-2")
@@ -225,7 +230,7 @@ def tiny():
   c = config()
   data = memnet._data(c)
   batch = {k: jnp.asarray(v[0]) for k, v in data.splits["train"].items()}
-  params = memnet.init_params(jax.random.key(0), c, hparams(c))
+  params = memnet.init_params(jax.random.key(0), None, hparams(c), gc(c))
   return c, batch, params
 
 
@@ -249,12 +254,12 @@ def test_linear_start_switches_to_softmax_at_the_configured_epoch(tiny):
   soft = memnet.apply(params, batch["stories"], batch["queries"], times, True, c)
   assert not np.allclose(linear, soft, atol=1e-4)
   for epoch, want in ((0, linear), (1, linear), (2, soft), (3, soft)):
-    out = memnet.eval_fn(params, batch, hparams(c, epoch), c)
+    out = memnet.eval_fn(params, batch, hparams(c, epoch), gc(c))
     ce = optax.softmax_cross_entropy_with_integer_labels(want, batch["answers"])
     np.testing.assert_allclose(out["loss"], ce, rtol=1e-5)
     np.testing.assert_array_equal(out["error"], jnp.argmax(want, -1) != batch["answers"])
   c0 = config(linear_start_epochs=0, random_time=0.0)
-  loss, aux = memnet.loss_fn(params, batch, jax.random.key(0), hparams(c0, 0), c0)
+  loss, aux = memnet.loss_fn(params, batch, jax.random.key(0), hparams(c0, 0), gc(c0))
   ce = optax.softmax_cross_entropy_with_integer_labels(soft, batch["answers"])
   assert float(loss) == pytest.approx(float(ce.sum()), rel=1e-5)  # summed, as the reference
   assert set(aux) == {"error"}
@@ -263,7 +268,7 @@ def test_linear_start_switches_to_softmax_at_the_configured_epoch(tiny):
 def test_per_matrix_clipping_bounds_each_gradient_norm(tiny):
   c, batch, params = tiny
   big = [p * 30 for p in params]
-  grads = jax.grad(lambda p: memnet.loss_fn(p, batch, jax.random.key(0), hparams(c), c)[0])(big)
+  grads = jax.grad(lambda p: memnet.loss_fn(p, batch, jax.random.key(0), hparams(c), gc(c))[0])(big)
   norms = [float(jnp.linalg.norm(g)) for g in grads]
   assert max(norms) > 40
   clipped, _ = gradnoise.clip_by_leaf_norm(40.0).update(grads, None)
@@ -325,7 +330,7 @@ def train_memnet(c, epochs, seed=0):
   test = {k: jnp.asarray(v[task]) for k, v in data.splits["test"].items()}
   steps = len(train["answers"]) // c.batch_size
   key = jax.random.key(seed)
-  params = memnet.init_params(jax.random.fold_in(key, 0), c, hparams(c))
+  params = memnet.init_params(jax.random.fold_in(key, 0), None, hparams(c), gc(c))
   lr = optax.exponential_decay(c.optimizer.learning_rate, 25 * steps, 0.5, staircase=True)
   tx = gradnoise.noisy(optax.sgd(lr), key=jax.random.fold_in(key, 1), eta=c.noise.eta,
                        gamma=c.noise.gamma, clip_norm=c.clip.norm, clip_per_leaf=True)
@@ -342,7 +347,7 @@ def train_memnet(c, epochs, seed=0):
       indices, step_num = inputs
       batch = {k: v[indices] for k, v in train.items()}
       step_key = jax.random.fold_in(noise_key, step_num)
-      grads = jax.grad(lambda p: memnet.loss_fn(p, batch, step_key, hp, c)[0])(params)
+      grads = jax.grad(lambda p: memnet.loss_fn(p, batch, step_key, hp, gc(c))[0])(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 
@@ -354,7 +359,7 @@ def train_memnet(c, epochs, seed=0):
   opt_state = tx.init(params)
   for e in range(epochs):
     params, opt_state = epoch(params, opt_state, jnp.int32(e))
-  return float(memnet.eval_fn(params, test, hparams(c, epochs - 1), c)["error"].mean())
+  return float(memnet.eval_fn(params, test, hparams(c, epochs - 1), gc(c))["error"].mean())
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_BABI),
@@ -539,15 +544,15 @@ def test_os_errors_name_the_file_and_the_reason(tmp_path):
 def test_linear_start_ends_on_a_validation_plateau():
   c = config(linear_start_epochs=100, linear_start_patience=2)
   hp = {**hparams(c, epoch=3), "task": jnp.float32(0)}
-  extra = memnet.init_extra(hp, c)
+  extra = memnet.init_state(None, None, hp, gc(c))
   assert not memnet._use_softmax({**hp, **extra})
   for loss, softmax_after in ((1.0, False), (0.8, False), (0.9, False), (0.85, True)):
-    extra = memnet.after_eval(extra, {"valid_loss": jnp.float32(loss)}, {**hp, **extra}, c)
+    extra = memnet.after_eval(extra, {"valid_loss": jnp.float32(loss)}, {**hp, **extra}, gc(c))
     assert bool(extra["softmax_on"]) == softmax_after
   assert memnet._use_softmax({**hp, **extra})
   # Patience 0: only the epoch count ends linear start.
   c0 = config(linear_start_epochs=100, linear_start_patience=0)
-  extra0 = memnet.init_extra(hp, c0)
+  extra0 = memnet.init_state(None, None, hp, gc(c0))
   for loss in (1.0, 2.0, 3.0):
-    extra0 = memnet.after_eval(extra0, {"valid_loss": jnp.float32(loss)}, hp, c0)
+    extra0 = memnet.after_eval(extra0, {"valid_loss": jnp.float32(loss)}, hp, gc(c0))
   assert not memnet._use_softmax({**hp, **extra0})

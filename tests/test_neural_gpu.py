@@ -14,6 +14,11 @@ from gradnoise import sweep, trainer
 from gradnoise.errors import UsageError
 
 
+def gc(config):
+  """The config as the compiled program's functions see it."""
+  return trainer.group_config(config, ng.EXPERIMENT)
+
+
 def small_config(**overrides):
   config = configs.get_config("table6_small")
   config.model.maps, config.relax.copies, config.model.dropout_rate = 8, 3, 0.0
@@ -24,7 +29,7 @@ def small_config(**overrides):
 
 def run_hp(config, **extra):
   hp = {k: jnp.asarray(v) for k, v in ng.hparams(config).items()}
-  return {**hp, **ng.init_extra(hp, config), **extra}
+  return {**hp, **ng.init_state(None, None, hp, gc(config)), **extra}
 
 
 @pytest.mark.parametrize("task", bt.TASKS)
@@ -72,12 +77,12 @@ def test_curriculum_draws_and_advances():
   config = small_config(**{"curriculum.window": 3, "curriculum.threshold": 0.15,
                            "relax.pull": 0.05, "relax.pull_max": 0.055})
   hp = run_hp(config)
-  extra = ng.init_extra(hp, config)
+  extra = ng.init_state(None, None, hp, gc(config))
   good = {"curriculum_errors": jnp.float32(1.0), "curriculum_examples": jnp.float32(32.0)}
   bad = {"curriculum_errors": jnp.float32(8.0), "curriculum_examples": jnp.float32(32.0)}
   history = []
   for aux in [good] * 3 + [bad] * 3 + [good] * 6:
-    extra = ng.update_extra(extra, aux, hp, config)
+    extra = ng.after_step(extra, aux, hp, gc(config))
     history.append((int(extra["bits"]), round(float(extra["pull"]), 4), bool(extra["averaged"])))
   assert history == [
       (2, 0.05, False), (2, 0.05, False), (3, 0.06, False),  # window 1: advance, pull x1.2
@@ -110,7 +115,7 @@ def reference_logits(params, symbols, config):
 def test_padded_batch_matches_paper_model_and_copies_are_used_in_turn():
   config = small_config()
   hp = run_hp(config)
-  params = ng.init_params(jax.random.key(0), config, hp)
+  params = ng.init_params(jax.random.key(0), None, hp, gc(config))
   assert params["cgru"]["gates_w"].shape[:2] == (3, 2)
   np.testing.assert_array_equal(params["cgru"]["gates_b"], 1.0)  # gates start open to s
   rng = np.random.default_rng(0)
@@ -140,12 +145,12 @@ def test_pull_term():
   # w: mean (3, 2), squared deviations 4 + 0 + 4; b: mean 1, deviations 1 + 1 + 4.
   assert float(ng.relaxation_distance(copies)) == pytest.approx(14.0)
   config = small_config()
-  params = ng.init_params(jax.random.key(0), config, run_hp(config))
+  params = ng.init_params(jax.random.key(0), None, run_hp(config), gc(config))
   data = ng.load_data(config)
   batch = {k: jnp.asarray(v[:8]) for k, v in data.train.items()}
   key = jax.random.key(1)
-  loss0, _ = ng.loss_fn(params, batch, key, run_hp(config, pull=jnp.float32(0.0)), config)
-  loss1, _ = ng.loss_fn(params, batch, key, run_hp(config, pull=jnp.float32(0.01)), config)
+  loss0, _ = ng.loss_fn(params, batch, key, run_hp(config, pull=jnp.float32(0.0)), gc(config))
+  loss1, _ = ng.loss_fn(params, batch, key, run_hp(config, pull=jnp.float32(0.01)), gc(config))
   distance = ng.relaxation_distance(params["cgru"])
   assert float(distance) > 0  # the copies start different
   assert float(loss1 - loss0) == pytest.approx(0.01 * float(distance), rel=1e-4)
@@ -154,12 +159,12 @@ def test_pull_term():
 def test_remat_gives_the_same_gradients():
   config = small_config(**{"model.dropout_rate": 0.1})
   hp = run_hp(config)
-  params = ng.init_params(jax.random.key(0), config, hp)
+  params = ng.init_params(jax.random.key(0), None, hp, gc(config))
   batch = {k: jnp.asarray(v[:8]) for k, v in ng.load_data(config).train.items()}
 
   def grad(**overrides):
     c = sweep.apply_overrides(config, overrides)
-    return jax.jit(jax.grad(lambda p: ng.loss_fn(p, batch, jax.random.key(1), hp, c)[0]))(
+    return jax.jit(jax.grad(lambda p: ng.loss_fn(p, batch, jax.random.key(1), hp, gc(c))[0]))(
         params)
 
   plain = grad()
@@ -173,7 +178,7 @@ def train_and_test(config, steps, lr, eta, seed=0, chunk=100):
   at random from the pool; returns test metrics and the final state."""
   data = ng.load_data(config)
   hp = run_hp(config)
-  params = ng.init_params(jax.random.key(seed), config, hp)
+  params = ng.init_params(jax.random.key(seed), None, hp, gc(config))
   schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
   tx = gradnoise.noisy(optax.adam(schedule), key=jax.random.key(seed + 1), eta=eta,
                        clip_norm=config.clip.norm)
@@ -188,17 +193,17 @@ def train_and_test(config, steps, lr, eta, seed=0, chunk=100):
       batch = {k: v[index] for k, v in pool.items()}
       key = jax.random.fold_in(jax.random.key(seed + 3), t)
       (_, aux), grads = jax.value_and_grad(ng.loss_fn, has_aux=True)(
-          params, batch, key, {**hp, **extra}, config)
+          params, batch, key, {**hp, **extra}, gc(config))
       updates, opt_state = tx.update(grads, opt_state, params)
-      extra = ng.update_extra(extra, aux, hp, config)
+      extra = ng.after_step(extra, aux, hp, gc(config))
       return (optax.apply_updates(params, updates), opt_state, extra), None
     return jax.lax.scan(step, state, start + jnp.arange(chunk))[0]
 
-  state = (params, tx.init(params), ng.init_extra(hp, config))
+  state = (params, tx.init(params), ng.init_state(None, None, hp, gc(config)))
   for start in range(0, steps, chunk):
     state = train_chunk(state, start)
   test = {k: jnp.asarray(v) for k, v in data.evals["test"].items()}
-  metrics = ng.eval_fn(state[0], test, {**hp, **state[2]}, config)
+  metrics = ng.eval_fn(state[0], test, {**hp, **state[2]}, gc(config))
   return {k: float(jnp.mean(v)) for k, v in metrics.items()}, state
 
 

@@ -94,7 +94,7 @@ def test_noise_and_no_noise_runs_share_init_and_batch_order():
   configs = [small_config(seed=7, **{"noise.eta": eta}) for eta in (0.0, 0.01)]
   hps = [trainer.run_hparams(c, EXP) for c in configs]
   program = trainer.build_program(EXP, configs[0], data.num_train)
-  state = program.init(trainer.stack_hparams(hps, 2))
+  state = program.init(trainer.stack_hparams(hps, 2), data.train)
   for leaf in jax.tree.leaves(state.params):
     np.testing.assert_array_equal(leaf[0], leaf[1])
   orders = [trainer.batch_order(hp, 0, data.num_train, 8, 32) for hp in hps]
@@ -137,7 +137,7 @@ def blowup_loss(params, batch, key, hp, config):
 BLOWUP = dataclasses.replace(
     EXP, name="blowup", traced_fields=(),
     hparams=lambda config: {"blowup_epoch": config.blowup_epoch, "nan": config.nan},
-    init_params=lambda key, config, hp: {"w": jnp.zeros(3)},
+    init_params=lambda key, batch, hp, config: {"w": jnp.zeros(3)},
     loss_fn=blowup_loss, eval_fn=lambda params, batch, hp, config: {})
 
 
@@ -152,7 +152,7 @@ def test_non_finite_gradient_with_finite_loss_diverges_and_freezes():
     configs.append(config)
   program = trainer.build_program(BLOWUP, configs[0], num_train=8)
   hp = trainer.stack_hparams([trainer.run_hparams(c, BLOWUP) for c in configs], 3)
-  state = program.init(hp)
+  state = program.init(hp, data)
   state, metrics = program.train_epoch(state, hp, data, np.int32(0))
   before = np.asarray(state.params["w"])
   assert np.all(np.isfinite(before)) and not np.any(state.diverged)
