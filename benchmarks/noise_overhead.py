@@ -2,7 +2,9 @@
 
 Issue setup: MLP 784 -> 20 x 50 ReLU -> 10, batch 128, clip_by_global_norm(10) then
 SGD(0.1); one epoch of 468 steps inside ``lax.scan``; every variant measured side by side
-in this process (min over repeats). Run: ``python benchmarks/noise_overhead.py``.
+in this process (min over repeats). ``gradnoise.noisy`` clips with gradnoise's
+overflow-safe global clip, also timed alone without noise.
+Run: ``python benchmarks/noise_overhead.py``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main():
   clip, sgd = optax.clip_by_global_norm(10.0), optax.sgd(0.1)
   variants = {
       "no noise": optax.chain(clip, sgd),
+      "no noise, gradnoise clip": optax.chain(gradnoise.noise.clip_by_global_norm(10.0), sgd),
       "optax.add_noise": optax.chain(clip, optax.add_noise(0.01, 0.55, noise_key), sgd),
       "gradnoise (auto: fused)": gradnoise.noisy(sgd, eta=0.01, key=noise_key, clip_norm=10.0),
       "gradnoise (per_leaf)": gradnoise.noisy(sgd, eta=0.01, key=noise_key, clip_norm=10.0,

@@ -10,12 +10,13 @@ from gradnoise.noise import (
     add_gradient_noise,
     annealed_std,
     as_key,
+    clip_by_global_norm,
     clip_by_leaf_norm,
     constant_std,
     noisy,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FUSED_DRAW_MAX_ELEMENTS",
@@ -23,6 +24,7 @@ __all__ = [
     "add_gradient_noise",
     "annealed_std",
     "as_key",
+    "clip_by_global_norm",
     "clip_by_leaf_norm",
     "constant_std",
     "noisy",
