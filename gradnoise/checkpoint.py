@@ -50,16 +50,20 @@ def _digest(storable: Any) -> str:
 
 
 class BatchCheckpoints:
-  """Checkpoints of one batch of runs in ``directory`` (the last two are kept)."""
+  """Checkpoints of one batch of runs in ``directory`` (the last two are kept).
 
-  def __init__(self, directory: str):
-    self.directory = directory
+  ``tag`` identifies what wrote them (the sweep): a checkpoint with another tag is never
+  restored.
+  """
+
+  def __init__(self, directory: str, tag: str = ""):
+    self.directory, self.tag = directory, tag
     options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(directory, options=options)
 
   def save(self, epoch: int, state: Any, history: dict[str, list[list[float]]]) -> None:
     storable = _to_storable(state)
-    meta = {"epoch": epoch, "history": history, "sha256": _digest(storable)}
+    meta = {"epoch": epoch, "history": history, "sha256": _digest(storable), "tag": self.tag}
     self._manager.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(storable), meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
@@ -81,8 +85,14 @@ class BatchCheckpoints:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
+        if meta.get("tag", "") != self.tag:
+          raise UsageError(f"checkpoint {self.directory}/{step} was written by another sweep; "
+                           "delete that directory to retrain these runs, or pass --overwrite "
+                           "to restart the sweep.")
         if meta.get("sha256") != _digest(restored["state"]):
           raise ValueError("content hash mismatch")
+      except UsageError:
+        raise
       except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
         problems.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
         logging.warning("checkpoint %s/%s is unusable (%s); trying an older one.",

@@ -17,6 +17,7 @@ the compile groups in order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,8 +25,10 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 import ml_collections
+import numpy as np
 
 from gradnoise import experiment as experiment_lib
+from gradnoise import fields
 from gradnoise import progress as progress_lib
 from gradnoise import sweep as sweep_lib
 from gradnoise import trainer
@@ -65,7 +68,8 @@ def load_config_file(spec: str) -> tuple[Config, Callable[[], list[dict[str, Any
   """The config of ``path[:variant]``, a function giving its sweep, and the absolute path.
 
   Relative paths are taken from the current directory. Raises UsageError for a missing
-  file or one whose ``get_config`` / import fails (with its exception's message).
+  file, one whose import, ``get_config`` or ``get_sweep`` fails (with its exception's
+  message), or one that returns something else than a ConfigDict / a list of dicts.
   """
   path, _, arg = spec.partition(":")
   full = workdir_lib.resolve(path)
@@ -76,10 +80,7 @@ def load_config_file(spec: str) -> tuple[Config, Callable[[], list[dict[str, Any
   module = _import_config(full, spec)
   if not callable(getattr(module, "get_config", None)):
     raise UsageError(f"--config file {full} defines no get_config(arg).")
-  try:
-    config = module.get_config(arg) if arg else module.get_config()
-  except Exception as e:  # noqa: BLE001 - the config file's own message is the best one
-    raise UsageError(f"--config {spec}: {_one_line(e)}") from None
+  config = _call(module.get_config, arg, spec, "get_config", module)
   if not isinstance(config, ml_collections.ConfigDict):
     raise UsageError(f"--config {spec}: get_config returned {type(config).__name__}, "
                      "not an ml_collections.ConfigDict.")
@@ -87,21 +88,37 @@ def load_config_file(spec: str) -> tuple[Config, Callable[[], list[dict[str, Any
   def get_sweep() -> list[dict[str, Any]]:
     if not callable(getattr(module, "get_sweep", None)):
       return []
-    try:
-      return list(module.get_sweep(arg) if arg else module.get_sweep())
-    except Exception as e:  # noqa: BLE001
-      raise UsageError(f"--config {spec}: get_sweep failed: {_one_line(e)}") from None
+    sweep = _call(module.get_sweep, arg, spec, "get_sweep", module)
+    if not isinstance(sweep, (list, tuple)) or not all(
+        isinstance(o, dict) and all(isinstance(k, str) for k in o) for o in sweep):
+      raise UsageError(f"--config {spec}: get_sweep returned {str(sweep)[:80]!r}; accepted: "
+                       "a list of dicts of dotted field names to values, e.g. "
+                       "gradnoise.sweep.product(values('noise.eta', [0, 0.01]), seeds(4)).")
+    return list(sweep)
 
   return config, get_sweep, full
 
 
-def variants(spec: str) -> tuple[str, ...]:
-  """The variants a config file lists in ``VARIANTS`` (empty if none or unreadable)."""
-  path = workdir_lib.resolve(spec.partition(":")[0])
+def _call(fn: Callable[..., Any], arg: str, spec: str, name: str, module) -> Any:
+  """``fn(arg)`` (``fn()`` without a variant), its failures as one-line UsageErrors."""
   try:
-    return tuple(getattr(_import_config(path, spec), "VARIANTS", ()))
-  except UsageError:
-    return ()
+    return fn(arg) if arg else fn()
+  except TypeError as e:
+    if not arg and "required positional argument" in str(e):
+      listed = getattr(module, "VARIANTS", ())
+      raise UsageError(f"--config {spec}: {name} needs a variant: --config={spec}:VARIANT"
+                       + (f" (variants: {', '.join(listed)})" if listed else "")) from None
+    raise UsageError(f"--config {spec}: {name} failed: {_one_line(e)}") from None
+  except (Exception, SystemExit) as e:  # noqa: BLE001 - the file's own message is the best
+    raise UsageError(f"--config {spec}: {name} failed: {_one_line(e)}") from None
+
+
+def variants(spec: str) -> tuple[str, ...]:
+  """The variants a config file lists in ``VARIANTS``; UsageError if it cannot be read."""
+  path = workdir_lib.resolve(spec.partition(":")[0])
+  if not os.path.isfile(path):
+    raise UsageError(f"--config file {spec.partition(':')[0]} not found (looked for {path}).")
+  return tuple(getattr(_import_config(path, spec), "VARIANTS", ()))
 
 
 def _import_config(full: str, spec: str):
@@ -109,14 +126,14 @@ def _import_config(full: str, spec: str):
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-  except Exception as e:  # noqa: BLE001
+  except (Exception, SystemExit) as e:  # noqa: BLE001
     raise UsageError(f"--config {spec}: importing {full} failed: {_one_line(e)}") from None
   return module
 
 
 def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split()).strip("'\"")
-  return f"{type(e).__name__}: {text}" if not isinstance(e, (ValueError, UsageError)) else text
+  text = " ".join(str(e).split())
+  return text if isinstance(e, (ValueError, UsageError)) else f"{type(e).__name__}: {text}"
 
 
 def data_key(config: Config, experiment: experiment_lib.Experiment) -> str:
@@ -127,7 +144,8 @@ def data_key(config: Config, experiment: experiment_lib.Experiment) -> str:
 
 
 def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
-            config_file: str = "the config", cli_fields: Sequence[str] = ()) -> Sweep:
+            config_file: str = "the config", cli_fields: Sequence[str] = (),
+            flag: Callable[[str], str] = lambda name: f"--config.{name}") -> Sweep:
   """Checks a config and its sweep and loads their data; writes nothing.
 
   Args:
@@ -136,17 +154,20 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
     config_file: where ``config`` came from (``path:variant``), for messages.
     cli_fields: the fields set on the command line, for messages and the rule that a
       field is not set both on the command line and by the sweep.
+    flag: how messages name the override of a field (``--config.a.b`` on the command line).
 
   Raises:
     UsageError: naming the field, its value, what is accepted and where the value came
       from (the command line, the sweep and which run, or the config file).
   """
   cli_fields = set(cli_fields)
+  overrides = [{k: v.item() if isinstance(v, np.generic) else v for k, v in o.items()}
+               if isinstance(o, dict) else o for o in overrides]
 
   def source(name: str, run: int | None = None) -> str:
     if run is not None and name in overrides[run]:
       return f" (set by the sweep of {config_file}, run {run})"
-    return f" (from --config.{name})" if name in cli_fields else f" (from {config_file})"
+    return f" (from {flag(name)})" if name in cli_fields else f" (from {config_file})"
 
   def checked(error: UsageError, run: int | None = None) -> UsageError:
     if error.field and " (from " not in str(error) and " (set by the sweep" not in str(error):
@@ -156,9 +177,7 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
 
   try:
     experiment = experiment_lib.load(config.experiment)
-  except UsageError as e:
-    raise checked(e) from None
-  try:
+    config = fields.complete(config, {**trainer.FIELDS, **experiment.fields})
     trainer.validate(config, experiment, source)
   except UsageError as e:
     raise checked(e) from None
@@ -167,10 +186,10 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
   if both:
     name = both[0]
     values = list(dict.fromkeys(repr(o[name]) for o in overrides if name in o))
-    raise UsageError(f"--config.{name} is also set by the sweep of {config_file} (to "
-                     f"{', '.join(values)}), which would replace it; drop the flag, pass "
-                     "--no_sweep to run the base config alone, or edit the sweep in the "
-                     "config file.", field=name)
+    raise UsageError(f"{flag(name)} is also set by the sweep of {config_file} (to "
+                     f"{', '.join(values)}), which would replace it; drop {flag(name)}, run "
+                     "the base config alone (--no_sweep), or edit the sweep in the config "
+                     "file.", field=name)
   runs = []
   for i, o in enumerate(overrides):
     try:
@@ -185,20 +204,84 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
       trainer.validate(run, experiment, lambda name, i=i: source(name, i))
     except UsageError as e:
       raise checked(e, i) from None
+    unused = [f for f in o if f in trainer.unused_fields(run)]
+    if unused:
+      raise UsageError(f"the sweep of {config_file} sets {unused[0]} (run {i}: "
+                       f"{o[unused[0]]!r}), which this run's config does not use "
+                       f"({trainer.unused_fields(run)[unused[0]]}): its runs would repeat "
+                       "each other.", field=unused[0])
     runs.append(run)
   runs = runs or [sweep_lib.apply_overrides(config, {})]
   datasets = {}
   for i, run in enumerate(runs):
+    run_source = lambda name, i=i: source(name, i if overrides else None)
     key = data_key(run, experiment)
-    if key not in datasets:
-      datasets[key] = experiment.load_data(run)
-    trainer.check_data(run, datasets[key],
-                       lambda name, i=i: source(name, i if overrides else None))
+    try:
+      if key not in datasets:
+        datasets[key] = _load_data(experiment, run, i)
+      trainer.check_data(run, datasets[key], run_source)
+    except UsageError as e:
+      raise checked(e, i if overrides else None) from None
   groups: dict[str, list[tuple[int, Config]]] = {}
   for run_id, run in enumerate(runs):
     groups.setdefault(trainer.group_key(run, experiment), []).append((run_id, run))
-  return Sweep(experiment, config, [dict(o) for o in overrides], runs, list(groups.values()),
-               datasets, config_file)
+  sweep = Sweep(experiment, config, [dict(o) for o in overrides], runs, list(groups.values()),
+                datasets, config_file)
+  for group in sweep.groups:
+    _check_model(sweep, group)
+  return sweep
+
+
+def _load_data(experiment: experiment_lib.Experiment, run: Config,
+               run_id: int) -> experiment_lib.Dataset:
+  """``experiment.load_data(run)``; data too large for memory is a UsageError."""
+  try:
+    return experiment.load_data(run)
+  except (MemoryError, OverflowError) as e:
+    raise UsageError(f"loading the data of run {run_id} failed ({_one_line(e)}); check the "
+                     "data.* fields (sizes).") from None
+
+
+def _memory_bytes() -> int:
+  """Memory of one device: the accelerator's limit, or the host's RAM for CPU."""
+  import jax
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_model(sweep: Sweep, group: list[tuple[int, Config]]) -> None:
+  """Builds the shapes of one run's training state (no computation) and checks that the
+  state of a batch of runs fits in memory. A model whose shapes cannot be built from its
+  config (an overflowing size, say) is a UsageError naming the run; set GRADNOISE_DEBUG=1
+  to see the traceback instead."""
+  import jax
+  run_id, config = group[0]
+  data = sweep.data(config)
+  spec = trainer.GroupSpec(sweep.experiment, trainer.group_config(config, sweep.experiment),
+                           data.num_train, config.batch_size, bool(data.num_tasks))
+  train = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in data.train.items()}
+  try:
+    hp = trainer.run_hparams(config, sweep.experiment)
+    state = jax.eval_shape(lambda hp, train: trainer.init_run(spec, hp, train), hp, train)
+  except experiment_lib.TracedFieldError:
+    raise
+  except Exception as e:  # noqa: BLE001 - any failure to build shapes comes from the config
+    if os.environ.get("GRADNOISE_DEBUG"):
+      raise
+    raise UsageError(f"run {run_id} of {sweep.config_file}: its model cannot be built "
+                     f"({_one_line(e)}); check the model.* and data.* fields (set "
+                     "GRADNOISE_DEBUG=1 for the traceback).") from None
+  per_run = sum(np.prod(x.shape, dtype=np.float64) * x.dtype.itemsize
+                for x in jax.tree.leaves(state))
+  at_once = -(-min(len(group), config.train.runs_per_batch) // jax.device_count())
+  available = _memory_bytes()
+  if per_run * at_once > available:
+    raise UsageError(f"run {run_id} of {sweep.config_file}: the parameters and optimizer "
+                     f"state of {at_once} runs at once need {per_run * at_once / 2**30:.1f} "
+                     f"GiB, more than the {available / 2**30:.1f} GiB of one device; make the "
+                     "model smaller (model.* fields) or lower train.runs_per_batch.")
 
 
 def print_plan(sweep: Sweep, out: TextIO) -> None:
@@ -242,21 +325,36 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def data_fingerprint(sweep: Sweep) -> str:
+  """SHA-256 of every array the sweep trains and evaluates on (names, shapes, bytes)."""
+  h = hashlib.sha256()
+  for key in sorted(sweep.datasets):
+    data = sweep.datasets[key]
+    for split, arrays in [("train", data.train)] + sorted(data.evals.items()):
+      for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{key}/{split}/{name}/{array.shape}/{array.dtype}".encode())
+        h.update(memoryview(array).cast("B"))
+  return h.hexdigest()
+
+
 def train(sweep: Sweep, workdir: str, *, overwrite: bool = False,
           accept_env_change: bool = False, dry_run: bool = False,
           out: TextIO | None = None) -> dict[int, dict[str, Any]]:
   """Trains ``sweep`` into ``workdir``; returns run id -> final results.
 
   The work dir is checked first (a folder gradnoise did not write is used only if empty;
-  a different sweep needs ``overwrite``; a resume under another environment needs
-  ``accept_env_change``); nothing is written when it is refused, or with ``dry_run``.
-  With the same sweep, finished runs are skipped and the others resume from their last
-  checkpoint. Only process 0 writes results, metrics and TensorBoard files.
+  a different sweep needs ``overwrite``; a resume under another environment or on other
+  data needs ``accept_env_change``); nothing is written when it is refused, or with
+  ``dry_run``. With the same sweep, finished runs are skipped and the others resume from
+  their last checkpoint. The work dir is locked while it trains. Only process 0 writes
+  results, metrics and TensorBoard files.
   """
   import jax
   out = out or sys.stdout
   primary = jax.process_index() == 0
-  record = workdir_lib.sweep_record(sweep.config, sweep.overrides, sweep.config_file)
+  record = workdir_lib.sweep_record(sweep.config, sweep.overrides, sweep.config_file,
+                                    data_fingerprint(sweep))
   wd = workdir_lib.WorkDir(workdir)
   resume = wd.check(record, overwrite, accept_env_change)
   if primary:
@@ -265,12 +363,30 @@ def train(sweep: Sweep, workdir: str, *, overwrite: bool = False,
     return {}
   _barrier("gradnoise:checked")
   if primary:
-    wd.start(record, resume)
-  _barrier("gradnoise:started")
-  results = wd.read_results() if resume else {}
-  if resume and primary:
-    print(f"resuming in {wd.path}: {len(results)} of {len(sweep.runs)} runs finished",
-          file=out)
+    wd.lock()
+  try:
+    if primary:
+      resume = wd.check(record, overwrite, accept_env_change)  # as of holding the lock
+      wd.start(record, resume)
+    _barrier("gradnoise:started")
+    results = wd.read_results() if resume else {}
+    if resume and primary:
+      print(f"resuming in {wd.path}: {len(results)} of {len(sweep.runs)} runs finished",
+            file=out)
+    _train_groups(sweep, wd, results, primary, out, workdir_lib.sweep_tag(record))
+    if primary:
+      print(summary_table(wd.path, sweep.experiment.summary_metric), file=out)
+      print(f"results: {wd.file(workdir_lib.RESULTS_FILE)}", file=out)
+  finally:
+    if primary:
+      wd.unlock()
+  _barrier("gradnoise:done")
+  return results
+
+
+def _train_groups(sweep: Sweep, wd: workdir_lib.WorkDir, results: dict[int, dict[str, Any]],
+                  primary: bool, out: TextIO, tag: str) -> None:
+  """Trains the compile groups in order, writing metrics, TensorBoard and results."""
   swept = [f for f in sweep_lib.swept_fields(sweep.overrides) if f != "seed"]
   columns = ["run"] + swept + ["seed"]
   finished = set(results)
@@ -300,18 +416,15 @@ def train(sweep: Sweep, workdir: str, *, overwrite: bool = False,
 
     callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, on_restore,
                                        progress.advance)
+    failing = True
     try:
       trainer.train_group(sweep.experiment, group, data, callbacks,
                           checkpoint_dir=wd.file(workdir_lib.CHECKPOINT_DIR),
-                          finished=finished)
+                          finished=finished, checkpoint_tag=tag)
+      failing = False
     finally:
       progress.close()
-      tensorboard.close()
-  if primary:
-    print(summary_table(wd.path, sweep.experiment.summary_metric), file=out)
-    print(f"results: {wd.file(workdir_lib.RESULTS_FILE)}", file=out)
-  _barrier("gradnoise:done")
-  return results
+      tensorboard.close(failing)
 
 
 def run(config: str | Config, workdir: str, *, overrides: dict[str, Any] | None = None,
@@ -341,13 +454,23 @@ def run(config: str | Config, workdir: str, *, overrides: dict[str, Any] | None 
     config_file = config
   else:
     base, get_sweep, config_file = config, (lambda: []), "the config"
+  if not isinstance(sweep, bool) and not (isinstance(sweep, (list, tuple)) and all(
+      isinstance(o, dict) for o in sweep)):
+    raise UsageError(f"sweep={sweep!r}: accepted: True (the config file's), False (the base "
+                     "config alone) or a list of dicts of dotted field names to values.")
+  try:
+    declared = {**trainer.FIELDS, **experiment_lib.load(base.experiment).fields}
+    base = fields.complete(base, declared)
+  except UsageError:
+    pass  # prepare() reports the experiment itself
   base = sweep_lib.apply_overrides(base, overrides or {}, what="overrides")
   if sweep is True:
     sweep_list = get_sweep()
   else:
     sweep_list = list(sweep) if sweep else []
   prepared = prepare(base, sweep_list, config_file=config_file,
-                     cli_fields=tuple(overrides or ()))
+                     cli_fields=tuple(overrides or ()),
+                     flag=lambda name: f"overrides[{name!r}]")
   results = train(prepared, workdir, overwrite=overwrite,
                   accept_env_change=accept_env_change, out=out)
   rows = []

@@ -58,7 +58,7 @@ def _field_type(config: ml_collections.ConfigDict, name: str) -> type | None:
     return type(value)
   try:
     return node.get_ref(leaf).get_type()
-  except (AttributeError, KeyError, TypeError):
+  except (AttributeError, KeyError, TypeError, ValueError):
     return None
 
 
@@ -81,10 +81,12 @@ def _parse_scalar(text: str, kind: type) -> Any:
       return text.lower() in _TRUE
     raise ValueError("not a boolean (true or false)")
   if kind is int:
-    if not re.fullmatch(r"[+-]?\d+", text.strip()):
+    if not re.fullmatch(r"[+-]?\d+", text.strip(), re.ASCII):
       raise ValueError("not an integer")
     return int(text)
   if kind is float:
+    if not text.isascii():
+      raise ValueError("not a number")
     try:
       return float(text)
     except ValueError:
@@ -92,11 +94,20 @@ def _parse_scalar(text: str, kind: type) -> Any:
   return text
 
 
-def parse_value(config: ml_collections.ConfigDict, name: str, text: str) -> Any:
-  """The value of ``--config.<name>=<text>`` for ``config``; ValueError if it cannot be."""
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def parse_value(config: ml_collections.ConfigDict, name: str, text: str,
+                field: fields.Field | None = None) -> Any:
+  """The value of ``--config.<name>=<text>`` for ``config``; ValueError if it cannot be.
+
+  The type comes from the field's declaration when given, else from the config's value.
+  """
   if text == "None":
     return None
-  kind = _field_type(config, name)
+  if field is not None and field.kind == "ints":
+    return _parse_sequence(text, (0,))
+  kind = _KINDS.get(field.kind) if field is not None else _field_type(config, name)
   if kind in (tuple, list):
     *path, leaf = name.split(".")
     node = config
@@ -130,7 +141,7 @@ def apply(config: ml_collections.ConfigDict, overrides: dict[str, str],
       raise UsageError(f"--config.{name}={text}: {origin} has no field {name!r}; {hint}"
                        f"its fields: {', '.join(names)}.", field=name)
     try:
-      value = parse_value(config, name, text)
+      value = parse_value(config, name, text, (declared or {}).get(name))
     except ValueError as e:
       accepted = declared[name].accepted if declared and name in declared else "its type"
       raise UsageError(f"config field {name}={text!r} (from --config.{name}) is invalid: {e}; "

@@ -19,6 +19,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import threading
 from typing import Sequence, TextIO
 
 from absl import flags, logging
@@ -68,10 +69,15 @@ def _help(args: Sequence[str], out: TextIO) -> None:
   for name in fv:
     print(f"  --{name}: {fv[name].help}", file=out)
   spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  if spec is None and "--config" in args[:-1]:
+    spec = args[args.index("--config") + 1]
   if spec:
-    names = launch.variants(spec)
-    print(f"\nvariants of {spec.partition(':')[0]}: "
-          f"{', '.join(names) if names else '(none listed in VARIANTS)'}", file=out)
+    try:
+      names = launch.variants(spec)
+      listed = ", ".join(names) if names else "(none listed in VARIANTS)"
+    except UsageError as e:
+      listed = f"(cannot tell: {e})"
+    print(f"\nvariants of {spec.partition(':')[0]}: {listed}", file=out)
 
 
 def _init_distributed(fv: flags.FlagValues) -> None:
@@ -102,7 +108,7 @@ def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, dict[str, str]]:
 
 def _run(argv: Sequence[str], out: TextIO) -> int:
   from gradnoise import experiment as experiment_lib
-  from gradnoise import launch, trainer
+  from gradnoise import fields, launch, trainer
   fv, cli = _parse(argv)
   _init_distributed(fv)
   config, get_sweep, _ = launch.load_config_file(fv.config)
@@ -111,7 +117,8 @@ def _run(argv: Sequence[str], out: TextIO) -> int:
     declared = {**trainer.FIELDS, **experiment_lib.load(name).fields}
   except UsageError:
     declared = dict(trainer.FIELDS)  # prepare() reports the experiment itself
-  config = overrides_lib.apply(config, cli, declared, origin=fv.config)
+  config = overrides_lib.apply(fields.complete(config, declared), cli, declared,
+                               origin=fv.config)
   sweep = [] if fv.no_sweep else get_sweep()
   prepared = launch.prepare(config, sweep, config_file=fv.config, cli_fields=tuple(cli))
   launch.train(prepared, fv.workdir, overwrite=fv.overwrite,
@@ -125,6 +132,8 @@ def _os_error(e: BaseException) -> OSError | None:
   Besides Python's OSError, it recognises the OS errors that tensorstore (orbax's storage)
   reports inside other exceptions (``... [os_error_code='28']``) and ``[Errno 28] ...``.
   """
+  if isinstance(e, UsageError):
+    return None
   seen = set()
   while e is not None and id(e) not in seen:
     if isinstance(e, OSError) and e.errno is not None:
@@ -161,17 +170,26 @@ def _os_errors_reported_once():
   absl_logger = pylogging.getLogger("absl")
   drop = _DropOSErrorRecords()
   absl_logger.addFilter(drop)
-  previous_hook = sys.excepthook
+  previous_hook, previous_thread_hook = sys.excepthook, threading.excepthook
+
+  def echo(value: BaseException | None) -> bool:
+    return (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+            or _os_error(value) is not None
+            or isinstance(value, ValueError) and "handle is closed" in str(value))
 
   def hook(kind, value, traceback):
-    if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+    if not echo(value):
       previous_hook(kind, value, traceback)
 
-  sys.excepthook = hook
+  def thread_hook(args):
+    if not echo(args.exc_value):
+      previous_thread_hook(args)
+
+  sys.excepthook, threading.excepthook = hook, thread_hook
   try:
     yield
   finally:
-    sys.excepthook = previous_hook
+    sys.excepthook, threading.excepthook = previous_hook, previous_thread_hook
     absl_logger.removeFilter(drop)
 
 
@@ -198,7 +216,9 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
     os_error = _os_error(e)
     if os_error is None:
       raise
-    where = f"{os_error.filename}: " if os_error.filename else ""
+    workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
+    where = (f"{os_error.filename}: " if os_error.filename
+             else f"writing in the work dir {workdir}: " if workdir else "")
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
             errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions",
             errno.EROFS: "choose a writable location"}.get(os_error.errno, "fix the cause")

@@ -10,6 +10,7 @@ import itertools
 from typing import Any, Iterable, Sequence
 
 import ml_collections
+import numpy as np
 
 from gradnoise.errors import UsageError
 
@@ -63,14 +64,23 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Overrides,
   """
   config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=False))
   config.lock()
+  if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+    raise UsageError(f"{what} entry {overrides!r} is not a dict of dotted field names to "
+                     "values, e.g. {'noise.eta': 0.01}.")
   for name, value in overrides.items():
     *path, leaf = name.split(".")
     node = config
+    if isinstance(value, np.generic):
+      value = value.item()  # numpy scalars from np.arange, np.float32, ...
     try:
       for part in path:
         node = node[part]
       if leaf not in node:
         raise KeyError(leaf)
+      if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise UsageError(f"{what} sets {name}, a group of fields, to {value!r}; set its "
+                         f"fields one by one ({', '.join(f'{name}.{k}' for k in node[leaf])}).",
+                         field=name)
       node[leaf] = value
     except (KeyError, AttributeError, TypeError) as e:
       if isinstance(e, TypeError) and leaf in getattr(node, "keys", lambda: ())():

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
+import hashlib
 import io
 import json
 import math
@@ -33,10 +35,31 @@ from gradnoise.sweep import get_field
 CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.csv", "metrics.jsonl"
 TENSORBOARD_DIR, CHECKPOINT_DIR = "tensorboard", "checkpoints"
 RESULT_METRICS = ("test_accuracy", "best_test_accuracy", "train_loss")
+LOCK_FILE = ".gradnoise.lock"
 WRITER = "gradnoise"  # config.json's "written_by" marks a work dir as ours
-_OWN_SUBDIRS = {TENSORBOARD_DIR: re.compile(r"run_\d+"),
-                CHECKPOINT_DIR: re.compile(r"runs_\d+-\d+")}
+_OWN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, LOCK_FILE)
+# What gradnoise writes inside its two folders: per-run TensorBoard folders holding event
+# files, and per-batch checkpoint folders holding orbax step folders.
+_OWN_SUBDIRS = {TENSORBOARD_DIR: (re.compile(r"run_\d+"), re.compile(r"events\.out\.tfevents\..*")),
+                CHECKPOINT_DIR: (re.compile(r"runs_\d+-\d+"),
+                                 re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?"))}
 _TEMP_PREFIX = ".gradnoise-tmp-"
+
+
+class DamagedRecord(UsageError):
+  """config.json of a gradnoise work dir that cannot be read."""
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  else:
+    os.unlink(path)
+
+
+def _remove_if_empty(path: str) -> None:
+  if not os.path.islink(path) and os.path.isdir(path) and not os.listdir(path):
+    os.rmdir(path)
 
 
 def resolve(path: str) -> str:
@@ -103,14 +126,15 @@ def environment() -> dict[str, Any]:
 
 
 def sweep_record(config: ml_collections.ConfigDict, sweep: Sequence[dict[str, Any]],
-                 config_file: str) -> dict[str, Any]:
-  """What config.json holds: the resolved config, the sweep, the environment, versions."""
+                 config_file: str, data_fingerprint: str = "") -> dict[str, Any]:
+  """What config.json holds: the resolved config, the sweep, the environment (with the
+  fingerprint of the data the runs train on), versions."""
   return strict_json({
       "written_by": WRITER,
       "config": config.to_dict(),
       "sweep": [dict(o) for o in sweep],
       "config_file": config_file,
-      "environment": environment(),
+      "environment": {**environment(), "data": data_fingerprint},
       "python": platform.python_version(),
   })
 
@@ -126,6 +150,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _normal(value: Any) -> Any:
   return json.loads(json.dumps(strict_json(value), sort_keys=True, default=str))
+
+
+def sweep_tag(record: dict[str, Any]) -> str:
+  """SHA-256 of a record's config and sweep: stored in checkpoints, so that a checkpoint
+  written by another sweep is never restored into this one."""
+  text = json.dumps({"config": _normal(record["config"]), "sweep": _normal(record["sweep"])},
+                    sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
 
 
 def config_differences(stored: dict[str, Any], record: dict[str, Any]) -> list[str]:
@@ -186,15 +218,24 @@ class WorkDir:
       with open(path) as f:
         record = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      if self._holds_only_own_entries():
+        raise DamagedRecord(f"--workdir {self.path}: {path} is damaged ({e}); pass "
+                            "--overwrite to restart the sweep there, or choose another work "
+                            "dir.") from None
       raise UsageError(f"--workdir {self.path}: {path} is not a config.json written by "
                        f"gradnoise ({e}); gradnoise leaves that folder alone: choose a new "
                        "or empty directory.") from None
     ours = isinstance(record, dict) and (record.get("written_by") == WRITER or {
-        "config", "sweep", "config_file"} <= set(record))
+        "config", "sweep", "config_file", "versions", "prng"} <= set(record))
     if not ours:
       raise UsageError(f"--workdir {self.path}: {path} was not written by gradnoise; "
                        "gradnoise leaves that folder alone: choose a new or empty directory.")
     return record
+
+  def _holds_only_own_entries(self) -> bool:
+    entries = os.listdir(self.path)
+    return bool(entries) and all(
+        e in _OWN_FILES or e in _OWN_SUBDIRS or e.startswith(_TEMP_PREFIX) for e in entries)
 
   def check_location(self) -> None:
     """Raises UsageError unless the work dir can be created or written (writes nothing)."""
@@ -203,10 +244,17 @@ class WorkDir:
                        "or empty directory, or a gradnoise work dir.")
     existing = self.path
     while not os.path.exists(existing):
+      if os.path.islink(existing):
+        raise UsageError(f"--workdir {self.path}: {existing} is a symbolic link to "
+                         f"{os.readlink(existing)}, which does not exist; create it, or choose "
+                         "another work dir.")
       existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
       raise UsageError(f"--workdir {self.path}: {existing} is a file, not a directory "
                        f"({os.strerror(errno.ENOTDIR)}).")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+      raise UsageError(f"--workdir {self.path}: {existing} is on a read-only file system "
+                       f"({os.strerror(errno.EROFS)}); choose a writable location.")
     if not os.access(existing, os.W_OK | os.X_OK):
       raise UsageError(f"--workdir {self.path}: {existing} is not writable "
                        f"({os.strerror(errno.EACCES)}).")
@@ -222,9 +270,14 @@ class WorkDir:
     self.check_location()
     if not os.path.isdir(self.path):
       return False
-    stored = self.stored_record()
+    try:
+      stored = self.stored_record()
+    except DamagedRecord:
+      if overwrite:
+        return False
+      raise
     if stored is None:
-      entries = sorted(os.listdir(self.path))
+      entries = sorted(e for e in os.listdir(self.path) if e != LOCK_FILE)
       if entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5
                                           else "")
@@ -241,11 +294,37 @@ class WorkDir:
                        "to replace gradnoise's files there, or choose another work dir.")
     changed = environment_differences(stored, record["environment"])
     if changed and not accept_env_change:
-      raise UsageError(f"--workdir {self.path} was started under another environment "
+      raise UsageError(f"--workdir {self.path} was last run under another environment "
                        f"({'; '.join(changed)}); resuming would change the runs' random "
                        "streams or numerics. Choose a new work dir, or pass "
                        "--accept_env_change to resume anyway (recorded in config.json).")
     return True
+
+  def lock(self) -> None:
+    """Creates the work dir and takes its lock for the life of this process.
+
+    Raises UsageError when another process holds it (two runs of one sweep would train the
+    same runs twice and interleave their metrics).
+    """
+    os.makedirs(self.path, exist_ok=True)
+    fd = os.open(self.file(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+      os.close(fd)
+      raise UsageError(f"--workdir {self.path} is in use by another gradnoise process (pid "
+                       f"{holder}); wait for it to end or stop it, then run the command "
+                       "again.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    self._lock_fd = fd
+
+  def unlock(self) -> None:
+    """Releases the lock taken by :meth:`lock` (the lock file stays: it is ours)."""
+    fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+    if fd is not None:
+      os.close(fd)
 
   def start(self, record: dict[str, Any], resume: bool) -> None:
     """Creates or resumes the work dir. Afresh, first removes gradnoise's own files."""
@@ -266,20 +345,30 @@ class WorkDir:
       open(self.file(METRICS_FILE), "w").close()
 
   def remove_own_files(self) -> None:
-    """Deletes what gradnoise writes in the work dir, and nothing else."""
+    """Deletes what gradnoise writes in the work dir, and nothing else.
+
+    Inside ``tensorboard/`` and ``checkpoints/`` (followed when they are symbolic links,
+    as when checkpoints live on scratch space) only event files and orbax step folders in
+    per-run / per-batch folders go; folders left empty are removed, links are kept.
+    """
     if not os.path.isdir(self.path):
       return
     for name in os.listdir(self.path):
       path = self.file(name)
-      if name in (CONFIG_FILE, RESULTS_FILE, METRICS_FILE) or name.startswith(_TEMP_PREFIX):
-        if os.path.isfile(path) or os.path.islink(path):
-          os.unlink(path)
-      elif name in _OWN_SUBDIRS and os.path.isdir(path) and not os.path.islink(path):
-        for entry in os.listdir(path):
-          if _OWN_SUBDIRS[name].fullmatch(entry):
-            shutil.rmtree(os.path.join(path, entry))
-        if not os.listdir(path):
-          os.rmdir(path)
+      if name == LOCK_FILE:
+        continue  # held by this process; removing it would let a second one in
+      if (name in _OWN_FILES or name.startswith(_TEMP_PREFIX)) and not os.path.isdir(path):
+        os.unlink(path)
+      elif name in _OWN_SUBDIRS and os.path.isdir(path):
+        folder_pattern, entry_pattern = _OWN_SUBDIRS[name]
+        for folder in os.listdir(path):
+          folder_path = os.path.join(path, folder)
+          if folder_pattern.fullmatch(folder) and os.path.isdir(folder_path):
+            for entry in os.listdir(folder_path):
+              if entry_pattern.fullmatch(entry):
+                _remove(os.path.join(folder_path, entry))
+            _remove_if_empty(folder_path)
+        _remove_if_empty(path)
 
   def read_results(self) -> dict[int, dict[str, Any]]:
     """Results of the runs already finished (from results.csv; empty if none)."""
@@ -288,13 +377,19 @@ class WorkDir:
       return {}
     with open(path, newline="") as f:
       rows = list(csv.reader(f))
-    header = rows[0]
-    first_metric = header.index("seed") + 1
-    results = {}
-    for row in rows[1:]:
-      result = {k: float(v) for k, v in zip(header[first_metric:-1], row[first_metric:-1])}
-      result["diverged"] = row[-1] == "true"
-      results[int(row[0])] = result
+    try:
+      header = rows[0]
+      first_metric = header.index("seed") + 1
+      results = {}
+      for row in rows[1:]:
+        if len(row) != len(header) or row[-1] not in ("true", "false"):
+          raise ValueError(f"line {rows.index(row) + 1} has {len(row)} cells: {row[:3]}")
+        result = {k: float(v) for k, v in zip(header[first_metric:-1], row[first_metric:-1])}
+        result["diverged"] = row[-1] == "true"
+        results[int(row[0])] = result
+    except (IndexError, ValueError) as e:
+      raise UsageError(f"--workdir {self.path}: {path} is damaged ({e or 'empty'}); restore "
+                       "it, or pass --overwrite to restart the sweep.") from None
     return results
 
   def truncate_metrics(self, run_ids: Sequence[int], keep_through_epoch: int) -> None:
@@ -313,7 +408,7 @@ class WorkDir:
 
   def append_metrics(self, row: dict[str, Any]) -> None:
     with open(self.file(METRICS_FILE), "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
 
   def write_results(self, fields: Sequence[str], runs: Sequence[ml_collections.ConfigDict],
                     results: dict[int, dict[str, Any]]) -> None:
@@ -351,7 +446,13 @@ class TensorBoardWriter:
       if name not in ("run", "epoch", "step") and math.isfinite(value):
         self.writers[run].add_scalar(name, value, row["step"])
 
-  def close(self) -> None:
-    for writer in self.writers.values():
-      writer.close()
-    self.writers.clear()
+  def close(self, failing: bool = False) -> None:
+    """Flushes and closes the event files; with ``failing`` (another error is already
+    being reported, e.g. a full disk), errors while closing are dropped."""
+    writers, self.writers = list(self.writers.values()), {}
+    for writer in writers:
+      try:
+        writer.close()
+      except OSError:
+        if not failing:
+          raise

@@ -147,6 +147,17 @@ def test_no_sweep_runs_base_config_alone(tmp_path):
     (["--config.noise.eta=0.3"], "--config.noise.eta is also set by the sweep of "
      "configs/mnist_mlp.py:quick (to 0.0, 0.01)"),
     (["--bogus_flag=1"], "bogus_flag"),
+    # Values that pass each field's check but cannot build a model, or do not fit.
+    (["--config.model.depth=99999999999999999999", "--no_sweep"],
+     "its model cannot be built (OverflowError"),
+    (["--config.model.width=1000000000", "--no_sweep"], "GiB, more than the"),
+    # A swept field the run does not use would give runs that repeat each other.
+    (["--config.noise.schedule=constant"], "sets noise.eta (run 0: 0.0), which this run's "
+     "config does not use (noise.schedule='constant' uses noise.std)"),
+    (["--config.noise.eta=1e39", "--no_sweep"], "noise.eta=1e+39"),
+    (["--config.data.path=", "--config.data.source=npz", "--no_sweep"], "data.path=''"),
+    (["--config.model.depth=\u0663".encode().decode("unicode_escape"), "--no_sweep"],
+     "model.depth"),
 ])
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):
   config_file = [a for a in args if a.startswith("--config=")] or [SMALL[0]]
@@ -227,6 +238,8 @@ def test_overwrite_removes_only_gradnoise_files_and_only_after_checks(tmp_path):
   assert call(*TINY, workdir=workdir)[0] == 0
   (workdir / "notes.txt").write_text("mine")
   (workdir / "tensorboard" / "my_plot.png").write_bytes(b"png")
+  (workdir / "tensorboard" / "run_0" / "notes.txt").write_text("mine too")
+  (workdir / "checkpoints" / "runs_0-0" / "mine.txt").write_text("and this")
   (workdir / "checkpoints" / "keep").mkdir()
   finished = snapshot(workdir)
   # A bad command with --overwrite leaves the finished sweep as it was.
@@ -239,6 +252,8 @@ def test_overwrite_removes_only_gradnoise_files_and_only_after_checks(tmp_path):
   assert (workdir / "notes.txt").read_text() == "mine"
   assert (workdir / "tensorboard" / "my_plot.png").read_bytes() == b"png"
   assert (workdir / "checkpoints" / "keep").is_dir()
+  assert (workdir / "tensorboard" / "run_0" / "notes.txt").read_text() == "mine too"
+  assert (workdir / "checkpoints" / "runs_0-0" / "mine.txt").read_text() == "and this"
   record = json.loads((workdir / "config.json").read_text())
   assert record["config"]["noise"]["eta"] == 0.3
 
@@ -253,6 +268,115 @@ def test_a_different_sweep_is_refused_naming_what_differs(tmp_path):
   assert code == 2 and "holds a different sweep" in line
   assert "model.width: 8 -> 9" in line and "noise.eta: 0.01 -> 0.3" in line
   assert snapshot(workdir) == before
+
+
+def test_overwrite_clears_checkpoints_behind_a_symlink(tmp_path):
+  # A user moved checkpoints/ to scratch space; --overwrite must not restore the old sweep's.
+  workdir, scratch = tmp_path / "wd", tmp_path / "scratch"
+  args = [*TINY, "--config.num_epochs=2"]
+  assert call(*args, "--config.optimizer.learning_rate=0.5", workdir=workdir)[0] == 0
+  (workdir / "checkpoints").rename(scratch)
+  (workdir / "checkpoints").symlink_to(scratch)
+  assert call(*args, "--overwrite", workdir=workdir)[0] == 0
+  assert call(*args, workdir=tmp_path / "fresh")[0] == 0
+  assert ((workdir / "results.csv").read_text()
+          == (tmp_path / "fresh" / "results.csv").read_text())
+  assert (workdir / "checkpoints").is_symlink()
+
+
+def test_a_checkpoint_of_another_sweep_is_never_restored(tmp_path):
+  from gradnoise import checkpoint
+  import jax.numpy as jnp
+  state = {"w": jnp.ones(3)}
+  checkpoint.BatchCheckpoints(str(tmp_path / "c"), tag="sweep-a").save(1, state, {})
+  with pytest.raises(run_lib.UsageError, match="written by another sweep"):
+    checkpoint.BatchCheckpoints(str(tmp_path / "c"), tag="sweep-b").restore_latest(state)
+
+
+def test_a_damaged_gradnoise_config_json(tmp_path):
+  workdir = tmp_path / "wd"
+  assert call(*TINY, workdir=workdir)[0] == 0
+  (workdir / "config.json").write_text('{"written_by": "gradn')  # cut by a crash
+  code, _, err = call(*TINY, workdir=workdir)
+  assert code == 2 and "config.json is damaged" in one_error(err)
+  code, _, err = call(*TINY, "--overwrite", workdir=workdir)
+  assert code == 0, err
+
+
+def test_a_damaged_results_csv_stops_the_resume(tmp_path):
+  workdir = tmp_path / "wd"
+  assert call(*TINY, workdir=workdir)[0] == 0
+  with open(workdir / "results.csv", "a") as f:
+    f.write("hello,world\n")
+  code, _, err = call(*TINY, workdir=workdir)
+  assert code == 2 and "results.csv is damaged" in one_error(err)
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+  import numpy as np
+  rng = np.random.default_rng(0)
+  data = tmp_path / "mnist.npz"
+  pixels = lambda n: rng.integers(0, 256, (n, 784)).astype(np.uint8)
+  arrays = dict(x_train=pixels(600), y_train=rng.integers(0, 10, 600),
+                x_test=pixels(100), y_test=rng.integers(0, 10, 100))
+  np.savez(data, **arrays)
+  args = [*TINY, "--config.data.source=npz", f"--config.data.path={data}",
+          "--config.batch_size=100"]
+  assert call(*args, workdir=tmp_path / "wd")[0] == 0
+  np.savez(data, **{**arrays, "y_train": (arrays["y_train"] + 1) % 10})
+  code, _, err = call(*args, workdir=tmp_path / "wd")
+  line = one_error(err)
+  assert code == 2 and "another environment (data " in line and "--accept_env_change" in line
+
+
+def test_a_work_dir_in_use_is_refused(tmp_path):
+  first = workdir_lib.WorkDir(str(tmp_path / "wd"))
+  first.lock()
+  try:
+    with pytest.raises(run_lib.UsageError, match=r"in use by another gradnoise process "
+                       rf"\(pid {os.getpid()}\)"):
+      workdir_lib.WorkDir(str(tmp_path / "wd")).lock()
+  finally:
+    first.unlock()
+  second = workdir_lib.WorkDir(str(tmp_path / "wd"))
+  second.lock()  # free again
+  second.unlock()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def get_config(arg):\n  return base()\n", "get_config needs a variant"),
+    ("def get_config(arg=''):\n  raise SystemExit(3)\n", "get_config failed: SystemExit"),
+    ("def get_config(arg=''):\n  return base()\ndef get_sweep(arg=''):\n  return {'seed': 1}\n",
+     "get_sweep returned"),
+    ("def get_config(arg=''):\n  return base()\ndef get_sweep(arg=''):\n"
+     "  return [{'model': {'depth': 2}}]\n", "sets model, a group of fields"),
+    ("def get_config(arg=''):\n  c = base()\n  del c.model['activation']\n  return c\n",
+     "config field model.activation is declared by the trainer or experiment 'mnist_mlp' "
+     "but missing from the config"),
+])
+def test_config_files_that_go_wrong(tmp_path, body, message):
+  config = tmp_path / "my_config.py"
+  config.write_text(f"import sys\nsys.path.insert(0, {REPO!r})\n"
+                    "from configs.mnist_mlp import get_config as _quick\n"
+                    "def base():\n  return _quick('quick')\n" + body)
+  code, _, err = call(f"--config={config}", workdir=tmp_path / "wd")
+  assert code == 2 and message in one_error(err)
+  assert not (tmp_path / "wd").exists()
+
+
+def test_python_entry_point_checks_its_arguments(tmp_path):
+  import numpy as np
+  from gradnoise import launch
+  with pytest.raises(run_lib.UsageError, match="sweep='yes'"):
+    launch.run(f"{CONFIG}:quick", str(tmp_path / "a"), sweep="yes")
+  with pytest.raises(run_lib.UsageError, match="sets model, a group of fields"):
+    launch.run(f"{CONFIG}:quick", str(tmp_path / "b"), overrides={"model": {"depth": 1}})
+  with pytest.raises(run_lib.UsageError, match=r"overrides\['noise.eta'\] is also set by"):
+    launch.run(f"{CONFIG}:quick", str(tmp_path / "c"), overrides={"noise.eta": 0.3})
+  overrides = {"model.depth": 1, "model.width": 8, "num_epochs": 1, "batch_size": 500}
+  rows = launch.run(f"{CONFIG}:quick", str(tmp_path / "d"), overrides=overrides,
+                    sweep=[{"seed": np.int64(s)} for s in range(2)], out=io.StringIO())
+  assert [r["seed"] for r in rows] == [0, 1]
 
 
 # --- any path form works end to end (example 1) ----------------------------------------
@@ -280,6 +404,18 @@ def test_work_dir_below_a_file_is_one_error(tmp_path):
     line = one_error(err)
     assert code == 2 and str(tmp_path / "file") in line and "not a directory" in line
   assert (tmp_path / "file").read_text() == "x"
+
+
+def test_dangling_symlink_and_read_only_locations(tmp_path, monkeypatch):
+  (tmp_path / "dangle").symlink_to("nothere")
+  code, out, err = call(*TINY, workdir=tmp_path / "dangle")
+  assert code == 2 and "is a symbolic link to nothere, which does not exist" in one_error(err)
+  assert "plan:" not in out
+  real = os.statvfs
+  monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result(
+      tuple(real(p))[:8] + (os.ST_RDONLY,) + tuple(real(p))[9:]))
+  code, _, err = call(*TINY, workdir=tmp_path / "wd")
+  assert code == 2 and "read-only file system (Read-only file system)" in one_error(err)
 
 
 def test_unwritable_location_is_one_error(tmp_path, monkeypatch):

@@ -122,8 +122,8 @@ def test_field_accepts(field, value, ok):
 
 
 def test_accepted_wording():
-  assert fields.number(0, low_open=True).accepted == "a finite number > 0"
+  assert fields.number(0, low_open=True).accepted == "a finite (float32) number > 0"
   assert (fields.optional(fields.number(0, low_open=True, inf="no clipping"), "no clipping")
-          .accepted == "None (no clipping) or a finite number > 0, or inf (no clipping)")
-  assert fields.number(0, 1, high_open=True).accepted == "a finite number in [0, 1)"
+          .accepted == "None (no clipping) or a finite (float32) number > 0, or inf (no clipping)")
+  assert fields.number(0, 1, high_open=True).accepted == "a finite (float32) number in [0, 1)"
   assert fields.integer(0, 2**31 - 1).accepted == "an integer in [0, 2147483647]"
