@@ -349,7 +349,10 @@ def _norm_parts(leaves: list[jax.Array], dtype: Any) -> tuple[jax.Array, jax.Arr
   def rescaled():
     k = 2.0 ** (5 * fi.maxexp // 8)
     c = jnp.where(sumsq <= fi.max, k, 1 / k).astype(dtype)  # NaN sums go the 1/k way
-    return jnp.sqrt(sum(jnp.sum(jnp.square(p * c)) for p in parts)), c
+    # The barrier keeps XLA from rewriting (p c)^2 as p^2 c^2, which overflows (c^2 = inf
+    # makes a constant-zero leaf NaN).
+    scaled = jax.lax.optimization_barrier([p * c for p in parts])
+    return jnp.sqrt(sum(jnp.sum(jnp.square(q)) for q in scaled)), c
 
   in_range = (sumsq >= smallest) & (sumsq <= fi.max)
   return jax.lax.cond(in_range, lambda: (jnp.sqrt(sumsq), jnp.ones([], dtype)), rescaled)

@@ -682,3 +682,12 @@ def test_sharded_params_get_shard_local_noise():
   assert per_leaf == {"all_gather": False, "shardings_kept": True, "num_devices": 4}
   # The fused draw also keeps the sharding (it may compute the draw redundantly).
   assert result["fused"]["shardings_kept"]
+
+
+def test_norm_of_tiny_gradients_beside_a_constant_zero_leaf_under_jit():
+  # XLA must not rewrite (x c)^2 as x^2 c^2 (c^2 overflows): a constant-zero leaf, as an
+  # unused parameter's gradient, once made the norm NaN.
+  from gradnoise.noise import _norm_parts
+  for value in (1e-30, 1e30):
+    r, c = jax.jit(lambda x: _norm_parts([x, jnp.zeros(3)], jnp.float32))(jnp.full(3, value))
+    np.testing.assert_allclose(float(r) / float(c), np.sqrt(3.0) * value, rtol=1e-5)
