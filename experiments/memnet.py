@@ -13,17 +13,23 @@ their reference code (``MemN2N-babi-matlab``) builds it for bAbI:
   embedding rows (vocabulary + i - 1) are T_A / T_C, tied like the rest of each matrix.
 * Random noise (sec. 4.1, "RN"): in training, time indices are a sorted random subset of
   1..n + b, b ~ U{0..ceil(rate n)} for n memories: empty memories at random times.
-* Softmax attention over the non-empty memories, or linear attention (no softmax) during
-  the first ``model.linear_start_epochs`` epochs ("linear start", sec. 4.2), continuing
-  from those weights; the choice is a traced function of the epoch (``hp["epoch"]``, set
-  by the trainer), so one-stage and two-stage runs share one compiled program.
+* Softmax attention over all M memory slots, as the reference (``memory/Memory.m``): an
+  empty slot (all empty words) has a zero embedding, so it scores 0 and adds 0, a learned
+  "attend to nothing" that scales the hop's output down. ``model.mask_empty_slots`` leaves
+  empty slots out of the softmax instead (a departure). Linear attention (no softmax)
+  during the first ``model.linear_start_epochs`` epochs ("linear start", sec. 4.2),
+  continuing from those weights; the choice is a traced function of the epoch
+  (``hp["epoch"]``, set by the trainer), so one-stage and two-stage runs share one
+  compiled program. The reference then restarts the learning-rate schedule
+  (``train_linear_start.m``): ``optimizer.restart_epoch`` = linear_start_epochs.
 * The empty word (id 0) has a zero embedding in every matrix (the reference zeroes it
   after each update); weights are N(0, init_std^2), 0.1 in the reference.
 
 The training loss is the *sum* of the batch's cross-entropies (the reference's
-``size_average = false``), so its learning rate 0.005, per-matrix clipping at 40 and the
-noise eta 1.0 keep their meaning. Runs select their task with the traced ``data.task``
-from the tasks loaded together (``data.tasks``), stacked on the Dataset's task axis.
+``size_average = false``), so its learning rates (0.01, 0.005 with linear start), clipping
+of each matrix to spectral norm 40 (``clip.norm_kind``) and the noise eta 1.0 keep their
+meaning. Runs select their task with the traced ``data.task`` from the tasks loaded
+together (``data.tasks``), stacked on the Dataset's task axis.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ Batch = dict[str, jax.Array]
 HParams = dict[str, jax.Array]
 
 POSITION_ENCODINGS = ("reference", "paper")
-MASKED_SCORE = -1e30  # attention score of an empty memory slot under softmax
+MASKED_SCORE = -1e30  # attention score of an empty memory slot with mask_empty_slots
 
 
 def position_encoding(length: int, dim: int, kind: str = "reference") -> np.ndarray:
@@ -99,9 +105,10 @@ def apply(params: Params, stories: jax.Array, queries: jax.Array, times: jax.Arr
   matrices = [_nil_zeroed(m) for m in params]
   u = jnp.sum(matrices[0][queries] * enc[:length], -2)
   memories = [jnp.sum(m[memory_words] * enc, -2) for m in matrices]  # E_k x: [B, M, d]
+  mask = config.model.mask_empty_slots
   for hop in range(hops):
     scores = jnp.einsum("bmd,bd->bm", memories[hop], u)
-    soft = jax.nn.softmax(jnp.where(present, scores, MASKED_SCORE), -1)
+    soft = jax.nn.softmax(jnp.where(present, scores, MASKED_SCORE) if mask else scores, -1)
     weights = jnp.where(use_softmax, soft, scores)
     u = u + jnp.einsum("bm,bmd->bd", weights, memories[hop + 1])
   return u @ matrices[hops].T
@@ -203,6 +210,7 @@ FIELDS = {
     "model.init_std": fields.number(0),
     "model.random_time": fields.number(0, 1),
     "model.position_encoding": fields.choice(*POSITION_ENCODINGS),
+    "model.mask_empty_slots": fields.flag(),
     "data.path": fields.text(description="the bAbI tasks_1-20_v1-2 folder, or download"),
     "data.babi_set": fields.choice(*babi_data.BABI_SETS),
     "data.tasks": fields.integers(min(babi_data.TASKS), max(babi_data.TASKS)),
@@ -220,6 +228,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.task not in tasks:
     raise UsageError(f"config field data.task={config.data.task!r} is invalid; accepted: one "
                      f"of data.tasks {tasks}.", field="data.task")
+  restart, linear = config.optimizer.get("restart_epoch", 0), config.model.linear_start_epochs
+  if restart not in (0, linear):
+    raise UsageError(f"config field optimizer.restart_epoch={restart!r} is invalid; accepted: "
+                     f"0 (one schedule) or model.linear_start_epochs={linear} (a fresh "
+                     "schedule for the softmax stage, as the reference).",
+                     field="optimizer.restart_epoch")
 
 
 EXPERIMENT = experiment.Experiment(

@@ -4,9 +4,10 @@ Reads each work dir's ``results.csv`` (final metrics of finished runs), ``metric
 (curves) and ``config.json`` (the settings of runs not finished yet), groups the runs into
 settings (their overrides other than seed and noise) and compares each noise level with no
 noise: a summary table, threshold counts, paired tests over shared seeds, curves over
-training steps and the distribution of final values. A run's noise level is the field its
-``noise.schedule`` uses (``noise.eta`` annealed, ``noise.std`` constant) unless a field is
-given. Works on a sweep that is still running.
+training steps and the distribution of final values; with ``--select_by`` (e.g.
+train_error) also each arm's best of k restarts by that metric. A run's noise level is the
+field its ``noise.schedule`` uses (``noise.eta`` annealed, ``noise.std`` constant) unless a
+field is given. Works on a sweep that is still running.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class ArmStats:
   """Final-metric statistics of one arm (over its finished runs).
 
   ``best``, ``mean``, ``sd`` and ``ci95`` (half-width) use the finite values only and are
-  NaN where undefined; ``passed`` counts finite runs meeting each threshold.
+  NaN where undefined; ``passed`` counts finite runs meeting each threshold. ``selected``
+  is the value of the run that :func:`select_run` picks by the report's ``select_by``
+  metric (NaN without one).
   """
 
   setting: Setting
@@ -130,6 +133,7 @@ class ArmStats:
   sd: float
   ci95: float
   passed: tuple[int, ...]
+  selected: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +154,8 @@ class PairStats:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-  """Everything the tables and plots show; ``noise_field`` describes the noise fields."""
+  """Everything the tables and plots show; ``noise_field`` describes the noise fields;
+  ``select_by`` the metric that picks each arm's ``selected`` run (None: none)."""
 
   workdirs: list[str]
   metric: str
@@ -162,6 +167,7 @@ class Report:
   arms: list[ArmStats]
   pairs: list[PairStats]
   unfinished: int
+  select_by: str | None = None
 
 
 def _warn(message: str) -> None:
@@ -448,9 +454,31 @@ def _finished(arm: Arm, metric: str) -> list[Run]:
   return [r for r in arm.runs if r.final is not None and metric in r.final]
 
 
+def lower_is_better(metric: str) -> bool:
+  """Whether smaller values of ``metric`` are better: its name contains error or loss."""
+  return any(w in metric.lower() for w in ("error", "loss"))
+
+
+def select_run(runs: Sequence[Run], by: str) -> Run | None:
+  """The finished run with the best finite final ``by`` (lowest for errors and losses,
+  :func:`lower_is_better`; the first on ties), or None.
+
+  by="train_error" is the best of k restarts as the MemN2N paper selects (Sukhbaatar et
+  al. 2015; their README: "we repeat training 10 times and picked the one with lowest
+  training error").
+  """
+  scored = [(r.final[by], i) for i, r in enumerate(runs)
+            if r.final is not None and math.isfinite(r.final.get(by, math.nan))]
+  if not scored:
+    return None
+  sign = 1 if lower_is_better(by) else -1
+  return runs[min(scored, key=lambda x: (sign * x[0], x[1]))[1]]
+
+
 def _arm_stats(setting: Setting, arm: Arm, metric: str, higher_is_better: bool,
-               thresholds: Sequence[float]) -> ArmStats:
+               thresholds: Sequence[float], select_by: str | None = None) -> ArmStats:
   done = _finished(arm, metric)
+  chosen = select_run(done, select_by) if select_by else None
   values = np.array([r.final[metric] for r in done], dtype=float)
   ok = np.isfinite(values)
   finite = values[ok]
@@ -464,7 +492,7 @@ def _arm_stats(setting: Setting, arm: Arm, metric: str, higher_is_better: bool,
       best=float(finite.max() if higher_is_better else finite.min()) if n else math.nan,
       mean=float(finite.mean()) if n else math.nan, sd=sd,
       ci95=float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan,
-      passed=passed)
+      passed=passed, selected=chosen.final[metric] if chosen else math.nan)
 
 
 def _pair_stats(setting: Setting, arm: Arm, base: Arm, metric: str,
@@ -497,17 +525,20 @@ def _pair_stats(setting: Setting, arm: Arm, base: Arm, metric: str,
 def analyze(data: SweepData, metric: str = "test_accuracy", *,
             group_by: Sequence[str] | None = None, noise_field: str | None = None,
             higher_is_better: bool | None = None,
-            thresholds: Sequence[float] = ()) -> Report:
+            thresholds: Sequence[float] = (), select_by: str | None = None) -> Report:
   """Groups the runs and computes the table statistics of ``metric``.
 
   ``noise_field`` None: from each run's ``noise.schedule`` (see :func:`group_runs`).
   ``higher_is_better`` None: False if the metric name contains "error" or "loss".
+  ``select_by``: a results.csv metric (e.g. train_error) that picks each arm's run, whose
+  ``metric`` is reported as ``selected`` (best of k, :func:`select_run`).
   """
-  if data.metrics and metric not in data.metrics:
-    raise UsageError(f"--metric {metric!r} is not a {RESULTS_FILE} column; available: "
-                     f"{', '.join(data.metrics)}.")
+  for name, flag in ((metric, "--metric"), (select_by, "--select_by")):
+    if name and data.metrics and name not in data.metrics:
+      raise UsageError(f"{flag} {name!r} is not a {RESULTS_FILE} column; available: "
+                       f"{', '.join(data.metrics)}.")
   if higher_is_better is None:
-    higher_is_better = not any(w in metric.lower() for w in ("error", "loss"))
+    higher_is_better = not lower_is_better(metric)
   fields, settings = group_runs(data, group_by, noise_field)
   lacking = sum(r.final is not None and metric not in r.final for r in data.runs)
   if lacking:
@@ -516,7 +547,7 @@ def analyze(data: SweepData, metric: str = "test_accuracy", *,
   pair_fields = [f for f in data.swept if f not in skip]
   arms, pairs = [], []
   for setting in settings:
-    arms += [_arm_stats(setting, a, metric, higher_is_better, thresholds)
+    arms += [_arm_stats(setting, a, metric, higher_is_better, thresholds, select_by)
              for a in setting.arms]
     base = setting.arms[0]
     if base.noise == 0:
@@ -527,7 +558,7 @@ def analyze(data: SweepData, metric: str = "test_accuracy", *,
   return Report(list(data.workdirs), metric, higher_is_better, noise_source, fields,
                 list(thresholds), settings, [a for a in arms if a.runs],
                 [p for p in pairs if p.pairs or p.dropped],
-                unfinished=sum(r.final is None for r in data.runs))
+                unfinished=sum(r.final is None for r in data.runs), select_by=select_by)
 
 
 def _num(value: float, spec: str = ".4g") -> str:
@@ -565,16 +596,20 @@ def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
   if not report.arms:
     lines += ["", "No finished runs yet: no tables."]
   else:
+    selected = [f"selected by {report.select_by}"] if report.select_by else []
     lines += ["", f"## Final {m}", ""]
     lines += _md_table(
         ["setting", "noise", "runs", "diverged", "non-finite", "best", "mean", "sd",
-         "95% CI ±"],
+         "95% CI ±"] + selected,
         [[a.setting.label, a.arm.label, a.runs, a.diverged, a.nonfinite, _num(a.best),
-          _num(a.mean), _num(a.sd), _num(a.ci95)] for a in report.arms])
+          _num(a.mean), _num(a.sd), _num(a.ci95)] + ([_num(a.selected)] if selected else [])
+         for a in report.arms])
     lines += ["", "runs: finished runs. Diverged runs keep their final value. Non-finite "
               "values (NaN, inf) are left out of best, mean, sd and CI (n = finite runs) and "
               "count as failures in threshold counts. sd: ddof=1; 95% CI: half-width "
-              "t(0.975, n-1)·sd/√n, blank for n = 1."]
+              "t(0.975, n-1)·sd/√n, blank for n = 1."
+              + (f" selected: {m} of the run with the best final {report.select_by} (best "
+                 "of k restarts)." if selected else "")]
   if report.arms and report.thresholds:
     labels = arm_labels(report)
     lines += ["", f"## Runs with {m} {'>=' if report.higher_is_better else '<'} threshold",
@@ -608,13 +643,14 @@ def to_markdown(report: Report, figures: Sequence[str] = ()) -> str:
 
 
 def write_summary_csv(report: Report, path: str) -> None:
-  """summary.csv: one row per setting and noise arm; paired columns on the noise arms."""
+  """summary.csv: one row per setting and noise arm; paired columns on the noise arms;
+  ``selected`` blank without ``select_by``."""
   pairs = {id(p.arm): p for p in report.pairs}
   op = "ge" if report.higher_is_better else "lt"
   header = (["setting"] + report.group_by + ["noise_field", "noise", "runs", "diverged",
             "nonfinite", "best", "mean", "sd", "ci95"]
             + [f"runs_{op}_{t:g}" for t in report.thresholds]
-            + ["pairs", "mean_diff", "p_ttest", "p_wilcoxon"])
+            + ["pairs", "mean_diff", "p_ttest", "p_wilcoxon", "selected"])
   num = lambda x: repr(x) if math.isfinite(x) else ""
   with open(path, "w", newline="") as f:
     writer = csv.writer(f, lineterminator="\n")
@@ -626,7 +662,7 @@ def write_summary_csv(report: Report, path: str) -> None:
           + [a.arm.field, repr(a.arm.noise), a.runs, a.diverged, a.nonfinite]
           + [num(x) for x in (a.best, a.mean, a.sd, a.ci95)] + list(a.passed)
           + ([p.pairs, num(p.mean_diff), num(p.p_ttest), num(p.p_wilcoxon)] if p
-             else ["", "", "", ""]))
+             else ["", "", "", ""]) + [num(a.selected)])
 
 
 def _slug(text: str) -> str:
@@ -729,7 +765,7 @@ def make_report(workdirs: Sequence[str], out: str | None = None,
                 metric: str = "test_accuracy", *, group_by: Sequence[str] | None = None,
                 noise_field: str | None = None, higher_is_better: bool | None = None,
                 thresholds: Sequence[float] = (), curves: Sequence[str] | None = None,
-                plots: bool = True) -> str:
+                plots: bool = True, select_by: str | None = None) -> str:
   """Writes report.md, summary.csv and the PNGs to ``out``; returns the Markdown.
 
   ``out`` defaults to ``<first work dir>/report``. ``curves`` None: those of
@@ -737,7 +773,8 @@ def make_report(workdirs: Sequence[str], out: str | None = None,
   """
   data = load_runs(workdirs)
   report = analyze(data, metric, group_by=group_by, noise_field=noise_field,
-                   higher_is_better=higher_is_better, thresholds=thresholds)
+                   higher_is_better=higher_is_better, thresholds=thresholds,
+                   select_by=select_by)
   if curves is None:
     curves = [c for c in DEFAULT_CURVES if c in data.curve_metrics]
   elif data.curve_metrics:
@@ -775,6 +812,9 @@ flags.DEFINE_string("thresholds", "", "Comma list, e.g. 0.01,0.05: count runs wi
 flags.DEFINE_string("curves", ",".join(DEFAULT_CURVES), "Comma list of metrics.jsonl "
                     "metrics to plot over steps.")
 flags.DEFINE_boolean("plots", True, "Write the PNG figures.")
+flags.DEFINE_string("select_by", "", "results.csv column, e.g. train_error: also report "
+                    "the metric of each arm's run with the best final value of it (best of "
+                    "k restarts, as the MemN2N paper by training error).")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -787,7 +827,7 @@ def main(argv: Sequence[str]) -> int:
                           else None),
         thresholds=parse_thresholds(FLAGS.thresholds),
         curves=parse_list(FLAGS.curves) if FLAGS["curves"].present else None,
-        plots=FLAGS.plots)
+        plots=FLAGS.plots, select_by=FLAGS.select_by or None)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

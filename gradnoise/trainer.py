@@ -36,9 +36,10 @@ from gradnoise.sweep import get_field
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
 
 # Config fields every experiment may vary inside one compiled program.
-TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "noise.eta", "noise.gamma",
-                         "noise.std", "clip.norm")
+TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "optimizer.restart_epoch",
+                         "noise.eta", "noise.gamma", "noise.std", "clip.norm")
 NOISE_SCHEDULES = ("annealed", "constant")
+CLIP_NORM_KINDS = ("frobenius", "spectral")
 
 
 def _is_optax_optimizer(name: str) -> bool:
@@ -58,9 +59,12 @@ FIELDS: dict[str, fields.Field] = {
     "optimizer.learning_rate": fields.number(0, low_open=True),
     "optimizer.decay_every_epochs": fields.integer(0),
     "optimizer.decay_factor": fields.number(0, 1, low_open=True),
+    "optimizer.decay_offset_epochs": fields.integer(0, default=0),
+    "optimizer.restart_epoch": fields.integer(0, default=0),
     "clip.norm": fields.optional(fields.number(0, low_open=True, inf="no clipping"),
                                  "no clipping"),
     "clip.per_leaf": fields.flag(),
+    "clip.norm_kind": fields.choice(*CLIP_NORM_KINDS, default="frobenius"),
     "noise.schedule": fields.choice(*NOISE_SCHEDULES),
     "noise.eta": fields.number(0),
     "noise.gamma": fields.number(0),
@@ -81,6 +85,20 @@ def validate(config: ml_collections.ConfigDict, experiment: Experiment,
   fields.check(config, {**FIELDS, **experiment.fields}, source,
                owner=f"the trainer or experiment {experiment.name!r}")
   experiment.validate(config)
+
+
+def unused_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Trainer fields that ``config`` does not use, each with the reason: a sweep over one
+  of them would give runs that repeat each other."""
+  unused = {}
+  if config.noise.schedule == "annealed":
+    unused["noise.std"] = "noise.schedule='annealed' uses noise.eta and noise.gamma"
+  else:
+    reason = f"noise.schedule={config.noise.schedule!r} uses noise.std"
+    unused.update({"noise.eta": reason, "noise.gamma": reason})
+  if config.clip.norm is None or config.clip.norm == float("inf"):
+    unused["clip.per_leaf"] = f"clip.norm={config.clip.norm} means no clipping"
+  return unused
 
 
 def check_data(config: ml_collections.ConfigDict, data: Dataset,
@@ -128,6 +146,7 @@ def run_hparams(config: ml_collections.ConfigDict, experiment: Experiment) -> di
   hp = {
       "seed": np.int32(config.seed),
       "learning_rate": np.float32(config.optimizer.learning_rate),
+      "restart_epoch": np.int32(config.optimizer.get("restart_epoch", 0)),
       "eta": np.float32(config.noise.eta),
       "gamma": np.float32(config.noise.gamma),
       "std": np.float32(config.noise.std),
@@ -140,19 +159,37 @@ def run_hparams(config: ml_collections.ConfigDict, experiment: Experiment) -> di
 
 def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
                    noise_key: jax.Array, steps_per_epoch: int) -> optax.GradientTransformation:
-  """clip -> noise -> optimizer (Neelakantan et al. 2015, sec. 2) from traced values."""
+  """clip -> noise -> optimizer (Neelakantan et al. 2015, sec. 2) from traced values.
+
+  With ``optimizer.decay_every_epochs`` = N > 0 the learning rate of epoch e is
+  ``learning_rate * decay_factor ** floor((s + decay_offset_epochs) / N)``, s = e before
+  ``hp["restart_epoch"]`` (optimizer.restart_epoch) and e - restart_epoch from it on: a
+  fresh schedule from that epoch, as MemN2N's softmax stage after linear start. Clipping
+  uses the Frobenius or spectral norm (``clip.norm_kind``), per leaf or global.
+  """
   learning_rate: Any = hp["learning_rate"]
-  decay_every = config.optimizer.decay_every_epochs * steps_per_epoch
-  if decay_every:
-    learning_rate = optax.exponential_decay(hp["learning_rate"], decay_every,
-                                            config.optimizer.decay_factor, staircase=True)
+  every = config.optimizer.decay_every_epochs
+  if every:
+    offset = config.optimizer.get("decay_offset_epochs", 0)
+    factor = config.optimizer.decay_factor
+
+    def learning_rate(count: jax.Array) -> jax.Array:
+      epoch = count // steps_per_epoch
+      stage_epoch = jnp.where(epoch >= hp["restart_epoch"], epoch - hp["restart_epoch"], epoch)
+      return hp["learning_rate"] * factor ** ((stage_epoch + offset) // every)
+
   optimizer = getattr(optax, config.optimizer.name)(learning_rate=learning_rate)
+  clip_norm, clip = hp["clip_norm"], []
+  if config.clip.get("norm_kind", "frobenius") == "spectral":
+    clip_norm, clip = None, [gradnoise.clip_by_spectral_norm(hp["clip_norm"],
+                                                             config.clip.per_leaf)]
   if config.noise.schedule == "constant":
-    schedule = gradnoise.constant_std(hp["std"])
-    return gradnoise.noisy(optimizer, key=noise_key, schedule=schedule,
-                           clip_norm=hp["clip_norm"], clip_per_leaf=config.clip.per_leaf)
-  return gradnoise.noisy(optimizer, key=noise_key, eta=hp["eta"], gamma=hp["gamma"],
-                         clip_norm=hp["clip_norm"], clip_per_leaf=config.clip.per_leaf)
+    noise = {"schedule": gradnoise.constant_std(hp["std"])}
+  else:
+    noise = {"eta": hp["eta"], "gamma": hp["gamma"]}
+  tx = gradnoise.noisy(optimizer, key=noise_key, clip_norm=clip_norm,
+                       clip_per_leaf=config.clip.per_leaf, **noise)
+  return optax.chain(*clip, tx) if clip else tx
 
 
 class RunState(NamedTuple):
@@ -428,12 +465,14 @@ def train_group(
     callbacks: GroupCallbacks,
     checkpoint_dir: str | None = None,
     finished: Collection[int] = (),
+    checkpoint_tag: str = "",
 ) -> dict[int, dict[str, Any]]:
   """Trains the runs of one compile group; returns run id -> final results.
 
   The runs go in batches of ``train.runs_per_batch``, each padded to a multiple of the
   device count and sharded over the devices. A batch whose runs are all in ``finished`` is
-  skipped. With ``checkpoint_dir``, each batch resumes from its newest checkpoint and saves
+  skipped. With ``checkpoint_dir``, each batch resumes from its newest checkpoint (written
+  with the same ``checkpoint_tag``, which identifies the sweep) and saves
   every ``train.checkpoint_every_epochs`` epochs and at its end.
   """
   config = runs[0][1]
@@ -456,7 +495,8 @@ def train_group(
     start, history = 0, {}
     checkpoints = None
     if checkpoint_dir is not None:
-      checkpoints = BatchCheckpoints(os.path.join(checkpoint_dir, f"runs_{ids[0]}-{ids[-1]}"))
+      checkpoints = BatchCheckpoints(os.path.join(checkpoint_dir, f"runs_{ids[0]}-{ids[-1]}"),
+                                     checkpoint_tag)
       restored = checkpoints.restore_latest(state)
       if restored is not None:
         start, state, history = restored

@@ -24,7 +24,7 @@ import pytest
 import gradnoise
 from configs import memnet_babi
 from experiments import babi_data, memnet
-from gradnoise import experiment, trainer
+from gradnoise import experiment, report, trainer
 from gradnoise.errors import UsageError
 
 
@@ -56,9 +56,11 @@ REAL_BABI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"
 
 
 def config(path=FIXTURES, tasks=(1,), **model):
+  """The small variant on ``tasks``; the learning-rate restart follows linear start."""
   c = memnet_babi.get_config("small")
   c.data.path, c.data.tasks, c.data.task = path, list(tasks), tasks[0]
   c.model.update(model)
+  c.optimizer.restart_epoch = c.model.linear_start_epochs
   return c
 
 
@@ -278,20 +280,166 @@ def test_per_matrix_clipping_bounds_each_gradient_norm(tiny):
       np.testing.assert_array_equal(c_g, g)
 
 
+@pytest.mark.parametrize("mask", [False, True])
+def test_empty_slots_take_their_share_of_the_attention(mask):
+  """One hop over memory [sentence, empty, empty]: in the reference's softmax the empty
+  slots score 0 and take weight 2 / (e^s + 2); masked, the sentence takes it all."""
+  c = config(hops=1, mask_empty_slots=mask)
+  rng = np.random.default_rng(0)
+  a, w = (rng.normal(size=(7, 2)).astype(np.float32) for _ in range(2))  # 4 words + 3 times
+  a[0] = w[0] = 0  # the empty word
+  stories, queries = jnp.array([[[1, 2], [0, 0], [0, 0]]]), jnp.array([[3, 0]])
+  logits = memnet.apply([jnp.asarray(a), jnp.asarray(w)], stories, queries,
+                        memnet.memory_times(stories.any(-1)), True, c)
+  enc = memnet.position_encoding(3, 2)  # J = sentence length + 1; time word (row 4) at J
+  u = a[3] * enc[0]
+  memory_in = a[1] * enc[0] + a[2] * enc[1] + a[4] * enc[2]
+  memory_out = w[1] * enc[0] + w[2] * enc[1] + w[4] * enc[2]
+  score = memory_in @ u
+  weight = 1.0 if mask else np.exp(score) / (np.exp(score) + 2 * np.exp(0.0))
+  np.testing.assert_allclose(logits[0], (u + weight * memory_out) @ w.T, rtol=1e-5, atol=1e-6)
+
+
+def reference_rates(rate, epochs, step):
+  """The MemN2N reference's rate per epoch (train.m: at the start of epoch ep = 1, 2, ...,
+  halved if mod(ep, step) == 0)."""
+  rates = []
+  for ep in range(1, epochs + 1):
+    rate = rate / 2 if ep % step == 0 else rate
+    rates.append(rate)
+  return np.array(rates)
+
+
+def trainer_rates(c, epochs, steps=2):
+  """The learning rate of each epoch's steps [epochs, steps] of the trainer's optimizer."""
+  hp = {k: jnp.asarray(v) for k, v in trainer.run_hparams(c, memnet.EXPERIMENT).items()}
+  tx = trainer.make_optimizer(gc(c), hp, jax.random.key(0), steps)
+  params = jnp.zeros(3)
+
+  def step(state, _):
+    updates, state = tx.update(jnp.ones(3), state, params)
+    return state, -updates[0]
+
+  _, rates = jax.lax.scan(step, tx.init(params), None, length=epochs * steps)
+  return np.asarray(rates).reshape(epochs, steps)
+
+
+def test_learning_rate_schedules_are_the_references():
+  two = config(linear_start_epochs=20)  # 0.005, restart at 20
+  one = config(linear_start_epochs=0)
+  one.optimizer.learning_rate = 0.01
+  for c in (one, two):
+    c.noise.eta, c.clip.norm = 0.0, None
+  got = trainer_rates(two, 120)
+  assert (got == got[:, :1]).all()  # the rate changes between epochs only
+  # train_linear_start.m: 20 epochs at 0.005 (decay step 21: none), then a fresh schedule.
+  want = np.concatenate([reference_rates(0.005, 20, 21), reference_rates(0.005, 100, 25)])
+  np.testing.assert_allclose(got[:, 0], want, rtol=1e-6)
+  assert [got[e, 0] for e in (0, 19, 20, 43, 44, 68, 69, 119)] == pytest.approx(
+      [0.005, 0.005, 0.005, 0.005, 0.0025, 0.0025, 0.00125, 0.0003125])
+  got = trainer_rates(one, 120)[:, 0]
+  np.testing.assert_allclose(got[:100], reference_rates(0.01, 100, 25), rtol=1e-6)
+  assert got[100:] == pytest.approx([0.01 / 16] * 20)  # the reference stops at 100
+  # Departures: one schedule from epoch 0 (no restart), first halving after 25 epochs.
+  two.optimizer.restart_epoch, two.optimizer.decay_offset_epochs = 0, 0
+  staircase = optax.exponential_decay(0.005, 25 * 2, 0.5, staircase=True)
+  np.testing.assert_allclose(trainer_rates(two, 120).ravel(),
+                             staircase(jnp.arange(240)), rtol=1e-6)
+
+
+def svd_norm(x):
+  return np.linalg.svd(np.asarray(x, np.complex128).reshape(-1, x.shape[-1]),
+                       compute_uv=False)[0]
+
+
+@pytest.mark.parametrize("shape, dtype, scale", [
+    ((225, 20), np.float32, 1.0), ((20, 225), np.float32, 1e-3), ((3, 4, 5), np.float32, 1e30),
+    ((30, 6), np.complex64, 1e-30), ((1, 1), np.float32, 7.0)])
+def test_spectral_norm_matches_numpy_svd(shape, dtype, scale):
+  rng = np.random.default_rng(len(shape))
+  x = rng.normal(size=shape) + (1j * rng.normal(size=shape) if dtype == np.complex64 else 0)
+  x = (x * scale).astype(dtype)
+  assert float(gradnoise.spectral_norm(x)) == pytest.approx(svd_norm(x), rel=1e-5)
+
+
+def test_spectral_norm_of_close_singular_values_vectors_and_zeros():
+  rng = np.random.default_rng(0)
+  left, right = (np.linalg.qr(rng.normal(size=(n, 8)))[0] for n in (40, 8))
+  close = (left * [1, 1 - 1e-5, 0.5, 0.4, 0.3, 0.2, 0.1, 0]) @ right.T  # sigma_2 ~ sigma_1
+  assert float(gradnoise.spectral_norm(close.astype(np.float32))) == pytest.approx(1, rel=1e-4)
+  vector = rng.normal(size=5).astype(np.float32)
+  assert float(gradnoise.spectral_norm(vector)) == pytest.approx(np.linalg.norm(vector), 1e-6)
+  assert float(gradnoise.spectral_norm(np.zeros((4, 3), np.float32))) == 0
+
+
+def test_spectral_clipping_per_matrix_and_global():
+  rng = np.random.default_rng(0)
+  grads = {"big": jnp.asarray(rng.normal(size=(225, 20)) * 10, jnp.float32),
+           "small": jnp.asarray(rng.normal(size=(20, 5)), jnp.float32),
+           "ids": jnp.arange(3)}
+  norms = {k: svd_norm(v) for k, v in grads.items() if k != "ids"}
+  assert norms["big"] > 40 > norms["small"] and np.linalg.norm(grads["big"]) > 3 * norms["big"]
+  clipped, _ = gradnoise.clip_by_spectral_norm(40.0).update(grads, optax.EmptyState())
+  assert svd_norm(clipped["big"]) == pytest.approx(40, rel=1e-5)
+  np.testing.assert_allclose(clipped["big"], grads["big"] * 40 / norms["big"], rtol=1e-5)
+  np.testing.assert_array_equal(clipped["small"], grads["small"])  # bit for bit
+  np.testing.assert_array_equal(clipped["ids"], grads["ids"])
+  # Global: the block-diagonal matrix's spectral norm, the largest leaf's.
+  clipped, _ = gradnoise.clip_by_spectral_norm(40.0, per_leaf=False).update(grads, None)
+  for k in norms:
+    np.testing.assert_allclose(clipped[k], grads[k] * 40 / norms["big"], rtol=1e-5)
+  with pytest.raises(ValueError, match="max_norm must be > 0"):
+    gradnoise.clip_by_spectral_norm(0.0)
+
+
+def test_one_and_two_stage_runs_in_one_batch_equal_each_alone():
+  from gradnoise.sweep import apply_overrides
+  base = config(tasks=(1, 2))
+  base.num_epochs, base.batch_size = 4, 4  # 2 steps per epoch
+  base.optimizer.decay_every_epochs = 2  # so that the restart matters within 4 epochs
+  one = apply_overrides(base, {**memnet_babi.ONE_STAGE, "noise.eta": 0.0})
+  two = apply_overrides(base, {**memnet_babi.TWO_STAGE, "model.linear_start_epochs": 2,
+                               "optimizer.restart_epoch": 2, "data.task": 2, "seed": 1})
+  assert trainer.group_key(one, memnet.EXPERIMENT) == trainer.group_key(two, memnet.EXPERIMENT)
+  data = memnet.load_data(base)
+  program = trainer.build_program(memnet.EXPERIMENT, base, data.num_train, tasks=True)
+
+  def train(configs):
+    hp = trainer.stack_hparams([trainer.run_hparams(c, memnet.EXPERIMENT) for c in configs],
+                               len(configs))
+    state = program.init(hp, data.train)
+    for epoch in range(base.num_epochs):
+      state, _ = program.train_epoch(state, hp, data.train, np.int32(epoch))
+    return jax.tree.leaves(state.params)
+
+  both = train([one, two])
+  for i, c in enumerate((one, two)):
+    for alone, batched in zip(train([c]), both):
+      np.testing.assert_allclose(alone[0], batched[i], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(both[0][0], both[0][1])
+
+
 def test_validate_names_bad_fields():
   trainer.validate(config(), memnet.EXPERIMENT)
   for field, value, match in [("data.task", 5, "data.task=5"),
                               ("model.hops", 0, "model.hops=0"),
                               ("model.random_time", 2.0, "model.random_time=2.0"),
-                              ("model.position_encoding", "bow", "model.position_encoding")]:
+                              ("model.position_encoding", "bow", "model.position_encoding"),
+                              ("optimizer.restart_epoch", 5, "optimizer.restart_epoch=5"),
+                              ("clip.norm_kind", "nuclear", "clip.norm_kind")]:
     c = config()
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(UsageError, match=match):
       trainer.validate(c, memnet.EXPERIMENT)
+  c = config(linear_start_epochs=0)
+  c.optimizer.restart_epoch = 20  # a restart without linear start: not the reference
+  with pytest.raises(UsageError, match="accepted: 0 .* or model.linear_start_epochs=0"):
+    trainer.validate(c, memnet.EXPERIMENT)
 
 
-@pytest.mark.parametrize("variant, runs", [("small", 48), ("table2", 400)])
+@pytest.mark.parametrize("variant, runs", [("small", 48), ("table2", 800),
+                                           ("table2_fixed", 400), ("hard", 15)])
 def test_config_sweeps_are_one_compile_group(variant, runs):
   from gradnoise.sweep import apply_overrides
   base = memnet_babi.get_config(variant)
@@ -322,8 +470,8 @@ def test_trainer_trains_runs_on_their_own_tasks():
 
 
 def train_memnet(c, epochs, seed=0):
-  """Test error after ``epochs`` of the reference training (SGD 0.005 halved every 25
-  epochs, batch 32, per-matrix clipping at 40, noise from config) on task ``data.task``."""
+  """Test error after ``epochs`` of training on task ``data.task`` outside the trainer, with
+  the trainer's optimizer for ``c`` (per-matrix clipping, noise, SGD and its schedule)."""
   data = memnet._data(c)
   task = list(c.data.tasks).index(c.data.task)
   train = {k: jnp.asarray(v[task]) for k, v in data.splits["train"].items()}
@@ -331,9 +479,8 @@ def train_memnet(c, epochs, seed=0):
   steps = len(train["answers"]) // c.batch_size
   key = jax.random.key(seed)
   params = memnet.init_params(jax.random.fold_in(key, 0), None, hparams(c), gc(c))
-  lr = optax.exponential_decay(c.optimizer.learning_rate, 25 * steps, 0.5, staircase=True)
-  tx = gradnoise.noisy(optax.sgd(lr), key=jax.random.fold_in(key, 1), eta=c.noise.eta,
-                       gamma=c.noise.gamma, clip_norm=c.clip.norm, clip_per_leaf=True)
+  run_hp = {k: jnp.asarray(v) for k, v in trainer.run_hparams(c, memnet.EXPERIMENT).items()}
+  tx = trainer.make_optimizer(gc(c), run_hp, jax.random.fold_in(key, 1), steps)
 
   data_key, noise_key = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
 
@@ -365,7 +512,8 @@ def train_memnet(c, epochs, seed=0):
 @pytest.mark.skipif(not os.path.isdir(REAL_BABI),
                     reason=f"bAbI data not found at {os.path.normpath(REAL_BABI)}")
 def test_qa1_reaches_under_5_percent_test_error():
-  c = config(path=REAL_BABI, tasks=(1,))
+  c = config(path=REAL_BABI, tasks=(1,), linear_start_epochs=0)  # one-stage, as the reference
+  c.optimizer.learning_rate = 0.01
   start = time.perf_counter()
   error = train_memnet(c, epochs=15)
   seconds = time.perf_counter() - start
@@ -373,23 +521,52 @@ def test_qa1_reaches_under_5_percent_test_error():
   assert error < 0.05
 
 
+def finished_run(run, **final):
+  return report.Run("wd", run, {}, {}, seed=run, final=final)
+
+
+def test_best_of_k_picks_the_lowest_training_error():
+  runs = [finished_run(0, train_error=0.10, valid_error=0.05, test_error=0.30),
+          finished_run(1, train_error=0.02, valid_error=0.20, test_error=0.50),
+          finished_run(2, train_error=float("nan"), valid_error=0.01, test_error=0.01),
+          finished_run(3, train_error=0.02, valid_error=0.10, test_error=0.40),
+          report.Run("wd", 4, {}, {}, seed=4)]  # unfinished
+  assert report.select_run(runs, "train_error").run == 1  # the first of the tied lowest
+  assert report.select_run(runs, "valid_error").run == 2
+  assert report.select_run(runs, "test_accuracy") is None
+  accuracy = [finished_run(0, test_accuracy=0.9), finished_run(1, test_accuracy=0.95)]
+  assert report.select_run(accuracy, "test_accuracy").run == 1  # higher is better
+
+
 def test_table2_summary_from_a_work_dir(tmp_path):
   from experiments import babi_table
-  header = ("run,data.task,model.linear_start_epochs,noise.eta,seed,train_error,valid_error,"
-            "test_error,diverged\n")
-  rows = [  # task, linear start, eta, seed, train, valid, test
-      (1, 0, 0.0, 0, 0.10, 0.20, 0.30), (1, 0, 0.0, 1, 0.00, 0.10, 0.50),
-      (1, 20, 1.0, 0, 0.02, 0.04, 0.06), (2, 20, 1.0, 0, 0.04, 0.08, 0.10)]
-  text = header + "".join(f"{i},{t},{ls},{eta},{s},{a},{b},{c},false\n"
-                          for i, (t, ls, eta, s, a, b, c) in enumerate(rows))
+  header = ("run,data.task,model.linear_start_epochs,noise.schedule,noise.eta,noise.std,seed,"
+            "train_error,valid_error,test_error,diverged\n")
+  rows = [  # task, linear start, schedule, eta, std, seed, train, valid, test
+      (1, 0, "annealed", 0.0, 0.0, 0, 0.10, 0.05, 0.30),
+      (1, 0, "annealed", 0.0, 0.0, 1, 0.00, 0.10, 0.50),
+      (1, 0, "annealed", 0.0, 0.0, 2, 0.05, 0.20, 0.40),
+      (1, 20, "annealed", 1.0, 0.0, 0, 0.02, 0.04, 0.06),
+      (2, 20, "annealed", 1.0, 0.0, 0, 0.04, 0.08, 0.10),
+      (2, 20, "constant", 1.0, 0.001, 0, 0.01, 0.02, 0.03)]
+  text = header + "".join(",".join(map(str, (i, *row, "false"))) + "\n"
+                          for i, row in enumerate(rows))
   (tmp_path / "results.csv").write_text(text)
   (tmp_path / "config.json").write_text('{"config": {"noise": {"schedule": "annealed"}}, '
                                         '"sweep": []}')
   table = babi_table.table(babi_table.collect([str(tmp_path)]))
-  # qa1 one-stage no noise: means 5.0 / 15.0 / 40.0; the lower-validation seed has 50% test.
-  assert "| qa1 | 5.0 / 15.0 / 40.0 (50.0, k=2) |" in table
-  # Means over tasks: two-stage with noise over qa1 and qa2: train 3.0, valid 6.0, test 8.0.
-  assert "| two-stage, noise | 2 | 3.0 | 6.0 | 8.0 | 8.0 | 5.9 | 10.8 |" in table
+  # qa1 one-stage no noise: means 5.0 / 11.7 / 40.0; the lowest training error (seed 1) has
+  # 50% test error, the lowest validation error (seed 0) 30%; MemN2N 0.0, MATLAB run 0.1.
+  assert "| qa1 | 5.0 / 11.7 / 40.0 (50.0 / 30.0, k=3) |" in table
+  assert table.splitlines()[2].endswith("| 0.0 | 0.1 |")
+  # Means over tasks: two-stage with annealed noise over qa1 and qa2.
+  assert "| two-stage, noise | 2 | 3.0 | 6.0 | 8.0 | 8.0 | 8.0 | 5.9 | 10.8 |" in table
+  # The fixed-noise arm (noise.schedule=constant) is its own setting, not in Table 2.
+  assert "| two-stage, fixed noise | 1 | 1.0 | 2.0 | 3.0 | 3.0 | 3.0 |  |  | 8.3 | 8.2 |" in table
+  # gradnoise.report selects the same way for any sweep.
+  rep = report.analyze(report.load_runs([str(tmp_path)]), "test_error", select_by="train_error")
+  assert [(a.runs, a.mean, a.selected) for a in rep.arms][0] == (3, pytest.approx(0.4), 0.5)
+  assert "| selected by train_error |" in report.to_markdown(rep)
   with pytest.raises(UsageError, match="memnet work dir"):
     (tmp_path / "results.csv").write_text("run,seed,test_accuracy,diverged\n0,0,0.5,false\n")
     babi_table.collect([str(tmp_path)])
