@@ -97,7 +97,12 @@ def unused_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     reason = f"noise.schedule={config.noise.schedule!r} uses noise.std"
     unused.update({"noise.eta": reason, "noise.gamma": reason})
   if config.clip.norm is None or config.clip.norm == float("inf"):
-    unused["clip.per_leaf"] = f"clip.norm={config.clip.norm} means no clipping"
+    reason = f"clip.norm={config.clip.norm} means no clipping"
+    unused.update({"clip.per_leaf": reason, "clip.norm_kind": reason})
+  if not config.optimizer.decay_every_epochs:
+    reason = "optimizer.decay_every_epochs=0 means a constant learning rate"
+    unused.update({"optimizer.restart_epoch": reason, "optimizer.decay_offset_epochs": reason,
+                   "optimizer.decay_factor": reason})
   return unused
 
 
