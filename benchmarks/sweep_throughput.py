@@ -67,14 +67,15 @@ def per_run_loop_seconds_per_run_epoch(data: experiment.Dataset) -> float:
   config = base_config()
   hp = trainer.run_hparams(config, mnist_mlp.EXPERIMENT)
   config = trainer.group_config(config, mnist_mlp.EXPERIMENT)
-  params = mnist_mlp.init_params(jax.random.key(0), None, hp, config)
+  sample = {k: v[:BATCH] for k, v in data.train.items()}  # flax infers shapes from it
+  params = mnist_mlp.init_params(jax.random.key(0), sample, hp, config)
   tx = gradnoise.noisy(optax.sgd(0.1), eta=0.01, key=jax.random.key(1))
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, x, y):
-    grads = jax.grad(lambda p: mnist_mlp.loss_fn(p, {"x": x, "y": y}, None, hp, config)[0])(
-        params)
+    grads = jax.grad(lambda p: mnist_mlp.loss_fn(p, {"x": x, "y": y}, jax.random.key(2), hp,
+                                                 config)[0])(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 

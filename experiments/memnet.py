@@ -1,7 +1,11 @@
 """Experiment 2 of Neelakantan et al. (2015): End-To-End Memory Networks on bAbI (Table 2).
 
 The model of Sukhbaatar et al. (2015), "End-To-End Memory Networks", arXiv:1503.08895, as
-their reference code (``MemN2N-babi-matlab``) builds it for bAbI:
+their reference code (``MemN2N-babi-matlab``) builds it for bAbI. Written in plain JAX
+rather than through gradnoise.flax_experiment: its parameters are the reference's K + 1
+tied embedding matrices, indexed and zeroed row by row (nil word, time words), which a flax
+module would only wrap, and its training needs per-run state (linear start) that the
+supervised helper does not cover.
 
 * K hops (3), embedding d (20), adjacent weight tying (sec. 2.2): matrices E_0..E_K with
   B = A^1 = E_0, C^k = A^{k+1} = E_k, answer W^T = C^K = E_K; logits over all E_K rows.

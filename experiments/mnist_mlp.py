@@ -1,22 +1,25 @@
 """Experiment 1 of Neelakantan et al. (2015): a deep fully connected network on MNIST.
 
-20 hidden layers x 50 units (configurable), ReLU or ELU, softmax output, cross-entropy.
-Every initialisation is "Gaussian weights with a per-layer std, zero biases", so the
-init (a traced per-layer std vector) and the dropout rate vary inside one compiled program.
+20 hidden layers x 50 units (configurable), ReLU or ELU, softmax output, cross-entropy: a
+linen module run by :func:`gradnoise.flax_experiment.supervised`. Every initialisation is
+"Gaussian weights with a per-layer std, zero biases", so the init (a traced per-layer std
+vector) and the dropout rate (inverted dropout on the hidden activations) vary inside one
+compiled program; dropout on/off is the code choice.
 """
 
 from __future__ import annotations
 
 import math
 
+from typing import Any, Sequence
+
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import mnist_data
-from gradnoise import experiment, fields
+from gradnoise import experiment, fields, flax_experiment
 
 INPUTS, CLASSES = 784, 10
 INITS = ("zero", "simple", "he", "sussillo_abbott")
@@ -63,65 +66,60 @@ FIELDS = {
 }
 
 
-def load_data(config: ml_collections.ConfigDict) -> experiment.Dataset:
-  data = mnist_data.load_mnist(config.data.source, config.data.path)
-  return experiment.Dataset(
-      train={"x": data.x_train, "y": data.y_train},
-      evals={"test": {"x": data.x_test, "y": data.y_test}},
-      description=data.description,
-  )
+def gaussian(std: jax.Array) -> jax.nn.initializers.Initializer:
+  """Initializer of N(0, std^2) weights; ``std`` may be traced."""
+  return lambda key, shape, dtype=np.float32: jax.random.normal(key, shape, dtype) * std
+
+
+class MLP(nn.Module):
+  """Logits [B, 10] of inputs [B, 784]; ``init_std`` [layers] is each layer's weight std.
+
+  Attributes:
+    widths: output width of each layer (``layer_sizes(config)[1:]``).
+    activation: a key of ``ACTIVATIONS``.
+    init_std: per-layer weight std (traced); biases start at zero.
+    dropout_rate: traced rate of inverted dropout after every hidden activation, or None
+      for no dropout.
+  """
+
+  widths: Sequence[int]
+  activation: str
+  init_std: jax.Array
+  dropout_rate: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, kernel_init=gaussian(self.init_std[i]), name=f"layer_{i}")(x)
+      if i + 1 < len(self.widths):
+        x = ACTIVATIONS[self.activation](x)
+        if self.dropout_rate is not None:
+          x = flax_experiment.Dropout(self.dropout_rate)(x, deterministic=not train)
+    return x
+
+
+def model(hp: experiment.HParams, config: experiment.GroupConfig) -> MLP:
+  dropout_rate = hp["dropout_rate"] if config.code_choices["dropout"] else None
+  return MLP(tuple(layer_sizes(config)[1:]), config.model.activation, hp["init_std"],
+             dropout_rate)
+
+
+def data(config: ml_collections.ConfigDict) -> flax_experiment.ArrayData:
+  mnist = mnist_data.load_mnist(config.data.source, config.data.path)
+  return flax_experiment.ArrayData(mnist.x_train, mnist.y_train,
+                                   {"test": (mnist.x_test, mnist.y_test)}, mnist.description)
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return {"init_std": init_stds(config), "dropout_rate": np.float32(config.model.dropout_rate)}
 
 
-def init_params(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
-                config: experiment.GroupConfig) -> list[dict]:
-  sizes = layer_sizes(config)
-  params = []
-  for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-    w = jax.random.normal(jax.random.fold_in(key, i), (m, n), jnp.float32) * hp["init_std"][i]
-    params.append({"w": w, "b": jnp.zeros(n, jnp.float32)})
-  return params
-
-
-def apply(params, x, config, hp, dropout_key=None) -> jax.Array:
-  """Logits; inverted dropout on hidden activations when ``dropout_key`` is given."""
-  act = ACTIVATIONS[config.model.activation]
-  for i, layer in enumerate(params[:-1]):
-    x = act(x @ layer["w"] + layer["b"])
-    if dropout_key is not None:
-      keep = 1.0 - hp["dropout_rate"]
-      mask = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), keep, x.shape)
-      x = jnp.where(mask, x / keep, 0.0)
-  return x @ params[-1]["w"] + params[-1]["b"]
-
-
-def loss_fn(params, batch, key, hp, config):
-  dropout_key = key if config.code_choices["dropout"] else None
-  logits = apply(params, batch["x"], config, hp, dropout_key)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
-  return loss, {"accuracy": accuracy}
-
-
-def eval_fn(params, batch, hp, config):
-  logits = apply(params, batch["x"], config, hp)
-  return {
-      "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32),
-      "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
-  }
-
-
-EXPERIMENT = experiment.Experiment(
-    name="mnist_mlp",
-    traced_fields=("model.init", "model.dropout_rate"),
+EXPERIMENT = flax_experiment.supervised(
+    "mnist_mlp", model, data,
     fields=FIELDS,
-    load_data=load_data,
+    traced_fields=("model.init", "model.dropout_rate"),
     hparams=hparams,
-    init_params=init_params,
-    loss_fn=loss_fn,
-    eval_fn=eval_fn,
     code_choices=lambda config: {"dropout": config.model.dropout_rate > 0},
+    mutable=(),
 )
+init_params, loss_fn = EXPERIMENT.init_params, EXPERIMENT.loss_fn  # for benchmarks

@@ -3,7 +3,12 @@
 Model and training follow Kaiser & Sutskever (2015), "Neural GPUs Learn Algorithms",
 arXiv:1511.08228 (sec. 2-4), and their reference trainer (tensorflow/models,
 ``neural_gpu``); Neelakantan et al. add gradient noise (eta 1.0, after clipping, Adam) and
-count the runs whose test error is below 1/2/3/5% (Table 6).
+count the runs whose test error is below 1/2/3/5% (Table 6). Written in plain JAX rather
+than through gradnoise.flax_experiment: the relaxation keeps r copies of every CGRU kernel
+with a pull term between them and a curriculum in per-run state, outside the supervised
+helper's cases; and flax's Conv inside the trainer's scan is about 10x slower on CPU
+(jax-ml/jax#12868, measured in examples/mnist_cnn.py), where the 3x3 convolutions here are
+written as one matrix product.
 
 Model. The state s has shape [length n, width w = 4, m maps] per example. The input
 symbols are embedded (tanh of a learned table, then a linear map) into the first row; the

@@ -139,7 +139,9 @@ def _one_line(e: BaseException) -> str:
 def data_key(config: Config, experiment: experiment_lib.Experiment) -> str:
   """Runs with equal keys share one loaded data set (traced data fields left out)."""
   traced = set(trainer.traced_fields(experiment))
-  data = {k: v for k, v in config.data.to_dict().items() if f"data.{k}" not in traced}
+  section = config.get("data")
+  fields_ = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else {}
+  data = {k: v for k, v in fields_.items() if f"data.{k}" not in traced}
   return json.dumps(data, sort_keys=True, default=str)
 
 

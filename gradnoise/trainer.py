@@ -322,7 +322,7 @@ def train_epoch(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
   state, per_step = jax.lax.scan(step, state, (order, step_nums))
   metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
   metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
-                  for k, v in state.extra.items() if jnp.ndim(v) == 0})
+                  for k, v in state.extra.items() if getattr(v, "ndim", None) == 0})
   return state, metrics
 
 

@@ -182,6 +182,45 @@ def test_inits_are_per_layer_stds():
   np.testing.assert_allclose(mnist_mlp.init_stds(small_config()), 0.1)
 
 
+def test_initial_weights_have_the_documented_per_layer_std():
+  """Every model.init, measured on the weights the trainer initialises (20 x 50 network):
+  each layer's sum of squares / std^2 lies within the chi-square(n) bounds of p = 1e-6."""
+  chi2 = pytest.importorskip("scipy.stats").chi2
+  config = sweep.apply_overrides(mnist_configs.get_config("quick"), {"batch_size": 32})
+  configs = [sweep.apply_overrides(config, {"model.init": init, "seed": i})
+             for i, init in enumerate(mnist_mlp.INITS)]
+  assert len({trainer.group_key(c, EXP) for c in configs}) == 1
+  data = synthetic_data(n_train=32, n_test=1)
+  program = trainer.build_program(EXP, config, data.num_train)
+  hp = trainer.stack_hparams([trainer.run_hparams(c, EXP) for c in configs], len(configs))
+  params = jax.device_get(program.init(hp, data.train).params)
+  sizes = mnist_mlp.layer_sizes(config)
+  fan_ins = np.array(sizes[:-1], np.float64)
+  documented = {
+      "zero": np.zeros_like(fan_ins),
+      "simple": np.full_like(fan_ins, 0.1),
+      "he": np.sqrt(2 / fan_ins),
+      "sussillo_abbott": np.sqrt(2) * np.exp(1.2 / (np.maximum(fan_ins, 6) - 2.4))
+                         / np.sqrt(fan_ins),
+  }
+  assert len(params) == len(sizes) - 1
+  for run, init in enumerate(mnist_mlp.INITS):
+    pooled, pooled_n = 0.0, 0  # all layers together: resolves he vs sussillo_abbott (2.5%)
+    for i, std in enumerate(documented[init]):
+      kernel = params[f"layer_{i}"]["kernel"][run].astype(np.float64)
+      assert kernel.shape == (sizes[i], sizes[i + 1])
+      assert not np.any(params[f"layer_{i}"]["bias"][run])
+      if std == 0:
+        assert not np.any(kernel)
+        continue
+      n, ratio = kernel.size, np.sum(kernel**2) / std**2
+      assert chi2.ppf(1e-6, n) < ratio < chi2.ppf(1 - 1e-6, n), (init, i)
+      assert abs(kernel.mean()) < 5 * std / np.sqrt(n), (init, i)
+      pooled, pooled_n = pooled + ratio, pooled_n + n
+    if pooled_n:
+      assert chi2.ppf(1e-6, pooled_n) < pooled < chi2.ppf(1 - 1e-6, pooled_n), init
+
+
 def test_batch_larger_than_data_is_a_usage_error():
   data = EXP.load_data(small_config())
   with pytest.raises(UsageError, match="batch_size=5000 is larger than the training set "
