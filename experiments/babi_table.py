@@ -30,9 +30,9 @@ PAPER_TABLE2 = {
     ("two-stage", "noise"): (0.059, 0.108),
 }
 # Test error per task, bAbI 1k, 3 hops, PE LS RN. MemN2N paper (Sukhbaatar et al. 2015)
-# Table 1, best of 10 runs by training error: per-task values as recalled in the audit
-# (../shared/MEMN2N_REFERENCE.md), not checked against the PDF; their mean 13.9% is
-# confirmed. One run of the authors' MATLAB code: vinhkhuc/MemN2N-babi-python,
+# Table 1, best of 10 runs by training error: per-task values from an audit of our
+# reimplementation (summarised in docs/results.md, Table 2), not checked against the PDF;
+# their mean 13.9% is confirmed. One run of the authors' MATLAB code: vinhkhuc/MemN2N-babi-python,
 # bechmarks/README.md.
 MEMN2N_TABLE1 = dict(zip(range(1, 21), (
     0.000, 0.083, 0.403, 0.028, 0.131, 0.076, 0.173, 0.100, 0.132, 0.151,
