@@ -27,6 +27,7 @@ from absl import flags, logging
 from gradnoise import overrides as overrides_lib
 from gradnoise.errors import UsageError
 
+DEFAULT_COMPILATION_CACHE = "~/.cache/gradnoise/jax-compilation-cache"
 USAGE = ("usage: python -m gradnoise.run --config=FILE.py[:VARIANT] --workdir=DIR "
          "[--config.a.b=VALUE ...] [--no_sweep] [--overwrite] [--accept_env_change] "
          "[--dry_run]")
@@ -48,6 +49,11 @@ def _define_flags() -> flags.FlagValues:
                     "started (the change is recorded in config.json).", flag_values=fv)
   flags.DEFINE_bool("dry_run", False, "Check everything and print the plan; write nothing.",
                     flag_values=fv)
+  flags.DEFINE_string("compilation_cache", os.environ.get(
+      "GRADNOISE_COMPILATION_CACHE", DEFAULT_COMPILATION_CACHE), "Folder of JAX's persistent "
+      "compilation cache, so that a resume or a repeat of the same shapes does not recompile; "
+      "'none' turns it off (default from $GRADNOISE_COMPILATION_CACHE; a cache folder set "
+      "through JAX's own JAX_COMPILATION_CACHE_DIR wins).", flag_values=fv)
   flags.DEFINE_bool("distributed", False, "Multi-process run: call "
                     "jax.distributed.initialize() with its cluster auto-detection (SLURM, "
                     "Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS).", flag_values=fv)
@@ -78,6 +84,14 @@ def _help(args: Sequence[str], out: TextIO) -> None:
     except UsageError as e:
       listed = f"(cannot tell: {e})"
     print(f"\nvariants of {spec.partition(':')[0]}: {listed}", file=out)
+
+
+def _init_compilation_cache(folder: str) -> None:
+  """Points JAX's persistent compilation cache at ``folder`` unless 'none' or already set."""
+  import jax
+  if folder.lower() == "none" or jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.expanduser(folder)))
 
 
 def _init_distributed(fv: flags.FlagValues) -> None:
@@ -111,6 +125,7 @@ def _run(argv: Sequence[str], out: TextIO) -> int:
   from gradnoise import fields, launch, trainer
   fv, cli = _parse(argv)
   _init_distributed(fv)
+  _init_compilation_cache(fv.compilation_cache)
   config, get_sweep, _ = launch.load_config_file(fv.config)
   name = cli.get("experiment", config.get("experiment"))
   try:

@@ -528,6 +528,16 @@ def test_written_files_respect_the_umask(tmp_path):
     assert (tmp_path / "wd" / name).stat().st_mode & 0o777 == 0o644, name
 
 
+def test_the_compilation_cache_is_used_and_does_not_change_results(tmp_path):
+  args = [f"--config={CONFIG}:quick", "--config.num_epochs=2", "--no_sweep"]  # 20 layers
+  cache = tmp_path / "cache"
+  for name, flag in (("first", str(cache)), ("again", str(cache)), ("off", "none")):
+    run_cli(*args, f"--compilation_cache={flag}", workdir=tmp_path / name, check=True)
+  assert any(p.name.startswith("jit_train_epoch") for p in cache.iterdir())
+  results = {n: (tmp_path / n / "results.csv").read_text() for n in ("first", "again", "off")}
+  assert results["first"] == results["again"] == results["off"]
+
+
 # --- kill and resume -------------------------------------------------------------------
 
 RESUME = ["--config=configs/mnist_mlp.py:quick", "--config.model.depth=20",
