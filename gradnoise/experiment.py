@@ -9,6 +9,7 @@ Python file (``path/to/my_experiment.py``, relative to the current directory).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -211,26 +212,41 @@ def load(name: str) -> Experiment:
     raise UsageError(f"config field experiment={name!r} is invalid; accepted: a built-in "
                      f"experiment ({', '.join(builtin_names())}), a dotted module path or a "
                      ".py file.", field="experiment")
-  if name.endswith(".py"):
-    module = _import_file(name)
-  else:
-    dotted = name if "." in name else f"{BUILTIN_PACKAGE}.{name}"
-    try:
-      module = importlib.import_module(dotted)
-    except ModuleNotFoundError as e:
-      if not (dotted == e.name or dotted.startswith(f"{e.name}.")):
-        raise  # the module exists but one of its own imports is missing
-      raise UsageError(f"config field experiment={name!r}: no module {dotted!r} (on sys.path "
-                       f"from {os.getcwd()}); accepted: a built-in experiment "
-                       f"({', '.join(builtin_names())}), a dotted module path importable "
-                       "here (add its folder to PYTHONPATH) or a .py file.",
-                       field="experiment") from None
+  module = _module(name)
   experiment = getattr(module, "EXPERIMENT", None)
   if not isinstance(experiment, Experiment):
-    raise UsageError(f"config field experiment={name!r}: module {module.__name__} "
-                     f"({getattr(module, '__file__', '?')}) has no EXPERIMENT of type "
-                     "gradnoise.experiment.Experiment.", field="experiment")
+    where = getattr(module, "__file__", None) or module.__name__
+    raise UsageError(f"config field experiment={name!r}: {where} has no EXPERIMENT of type "
+                     "gradnoise.experiment.Experiment; define one, e.g. EXPERIMENT = "
+                     "gradnoise.flax_experiment.supervised(...).", field="experiment")
   return experiment
+
+
+def _module(name: str):
+  """The module the config field ``experiment`` names (imported once)."""
+  if name.endswith(".py"):
+    return _import_file(name)
+  dotted = name if "." in name else f"{BUILTIN_PACKAGE}.{name}"
+  try:
+    return importlib.import_module(dotted)
+  except ModuleNotFoundError as e:
+    if not (dotted == e.name or dotted.startswith(f"{e.name}.")):
+      raise  # the module exists but one of its own imports is missing
+    raise UsageError(f"config field experiment={name!r}: no module {dotted!r} (on sys.path "
+                     f"from {os.getcwd()}); accepted: a built-in experiment "
+                     f"({', '.join(builtin_names())}), a dotted module path importable "
+                     "here (add its folder to PYTHONPATH) or a .py file.",
+                     field="experiment") from None
+
+
+def source_digest(name: str) -> str:
+  """SHA-256 of the source file of the experiment module ``name`` ("" if it has none): a
+  run resumed under edited model code would not continue the run it resumes."""
+  path = getattr(_module(name), "__file__", None)
+  if not path or not os.path.isfile(path):
+    return ""
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 def _import_file(path: str):

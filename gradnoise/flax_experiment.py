@@ -267,11 +267,17 @@ def _unflatten(hp: experiment.HParams, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _classification(out: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+  if out.ndim != 2 or out.shape[0] != y.shape[0]:
+    raise ValueError(f"the model's output has shape {out.shape} for labels of shape {y.shape}; "
+                     "classification needs logits [batch, classes]")
   return {"accuracy": (jnp.argmax(out, -1) == y).astype(jnp.float32),
           "loss": optax.softmax_cross_entropy_with_integer_labels(out, y)}
 
 
 def _regression(out: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+  if out.size != y.size:
+    raise ValueError(f"the model's output has shape {out.shape} for targets of shape "
+                     f"{y.shape}; regression needs one output per target value")
   error = (out.reshape(y.shape) - y).reshape(y.shape[0], -1)
   return {"loss": jnp.mean(error**2, axis=1)}
 
@@ -316,10 +322,12 @@ def supervised(
   """
   if task not in TASKS:
     raise ValueError(f"task={task!r}; accepted: {', '.join(TASKS)}")
-  arity = len(inspect.signature(model).parameters)
+  arity = len([p for p in inspect.signature(model).parameters.values()
+               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty])
   if arity not in (2, 3):
-    raise ValueError(f"model takes {arity} parameters; accepted: (hp, config) for a linen "
-                     "module, (hp, config, rngs) for an NNX module")
+    raise ValueError(f"model takes {arity} required positional parameters; accepted: (hp, "
+                     "config) for a linen module, (hp, config, rngs) for an NNX module")
   runner = _Linen(model, mutable, rng_streams) if arity == 2 else _Nnx(model, mutable)
   metrics_of = _classification if task == "classification" else _regression
   y_dtype = np.int32 if task == "classification" else np.float32
@@ -332,10 +340,31 @@ def supervised(
     spec = data(config) if callable(data) else data
     if isinstance(spec, TfdsData):
       spec = spec.load()
-    pair = lambda x, y: {"x": np.asarray(x), "y": np.asarray(y, y_dtype)}
+    if not isinstance(spec, ArrayData):
+      raise UsageError(f"experiment {name!r}: its data gave {type(spec).__name__}; accepted: "
+                       "gradnoise.flax_experiment.ArrayData or TfdsData (or a function of the "
+                       "config returning one).")
+
+    def targets(y: Any, split: str) -> np.ndarray:
+      y = np.asarray(y)
+      if task == "classification":
+        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (
+            np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
+          raise UsageError(f"experiment {name!r}: the {split} labels are {y.dtype} of shape "
+                           f"{y.shape}; classification needs integer class ids of shape [N] "
+                           "(not one-hot, not strings).")
+        if y.size and y.min() < 0:
+          raise UsageError(f"experiment {name!r}: the {split} labels include {y.min()}; "
+                           "class ids start at 0.")
+      elif not np.issubdtype(y.dtype, np.number):
+        raise UsageError(f"experiment {name!r}: the {split} targets are {y.dtype}; "
+                         "regression needs numbers.")
+      return y.astype(y_dtype)
+
+    pair = lambda x, y, split="train": {"x": np.asarray(x), "y": targets(y, split)}
     return experiment.Dataset(
         train=pair(spec.x_train, spec.y_train),
-        evals={split: pair(x, y) for split, (x, y) in spec.evals.items()},
+        evals={split: pair(x, y, split) for split, (x, y) in spec.evals.items()},
         description=spec.description)
 
   def init_params(key, batch, hp, config):

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 from typing import Any, Callable, Sequence, TextIO
 
 import ml_collections
@@ -179,7 +180,12 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
 
   try:
     experiment = experiment_lib.load(config.experiment)
-    config = fields.complete(config, {**trainer.FIELDS, **experiment.fields})
+    declared = {**trainer.FIELDS, **experiment.fields}
+    undeclared = [f for f in experiment.traced_fields if f not in declared]
+    if undeclared:
+      raise UsageError(f"experiment {experiment.name!r} traces {undeclared[0]}, which it does "
+                       f"not declare in its fields (declared: {', '.join(sorted(declared))}).")
+    config = fields.complete(config, declared)
     trainer.validate(config, experiment, source)
   except UsageError as e:
     raise checked(e) from None
@@ -242,6 +248,10 @@ def _load_data(experiment: experiment_lib.Experiment, run: Config,
   except (MemoryError, OverflowError) as e:
     raise UsageError(f"loading the data of run {run_id} failed ({_one_line(e)}); check the "
                      "data.* fields (sizes).") from None
+  except OSError as e:
+    where = f"{e.filename}: " if e.filename else ""
+    raise UsageError(f"loading the data of run {run_id} failed: {where}{e.strerror or e} "
+                     f"(in the experiment's load_data: {_user_frame(e)}).") from None
 
 
 def _memory_bytes() -> int:
@@ -253,27 +263,58 @@ def _memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _user_frame(e: BaseException) -> str:
+  """``file:line`` of the innermost frame of ``e``'s traceback outside installed packages
+  and gradnoise itself (the user's or the experiment's code), or "unknown location"."""
+  library = os.path.dirname(os.path.abspath(__file__))
+  frames = [f for f in traceback.extract_tb(e.__traceback__)
+            if "site-packages" not in f.filename and not f.filename.startswith(library)
+            and not f.filename.startswith("<")]
+  if not frames:
+    return "unknown location"
+  f = frames[-1]
+  return f"{f.filename}:{f.lineno}" + (f" ({f.line.strip()})" if f.line else "")
+
+
+def _hint(e: BaseException) -> str:
+  text = f"{type(e).__name__} {e}"
+  if "TracerBoolConversion" in text or "ConcretizationTypeError" in text:
+    return ("a Python branch on a traced value: flax's nn.Dropout / nnx.Dropout with a "
+            "per-run rate needs gradnoise.flax_experiment.Dropout / NnxDropout; a field "
+            "that decides code or shapes must not be in traced_fields")
+  if "Shapes must be 1D sequences of concrete values" in text:
+    return "a traced field cannot decide a shape: take shapes from config, not hp"
+  return "check the model.* and data.* fields and the experiment's code there"
+
+
 def _check_model(sweep: Sweep, group: list[tuple[int, Config]]) -> None:
-  """Builds the shapes of one run's training state (no computation) and checks that the
-  state of a batch of runs fits in memory. A model whose shapes cannot be built from its
-  config (an overflowing size, say) is a UsageError naming the run; set GRADNOISE_DEBUG=1
-  to see the traceback instead."""
+  """Traces one run's initialisation, training epoch and evaluation (shapes only, no
+  computation) and checks that the state of a batch of runs fits in memory. A model that
+  fails there (wrong output shape, a traced value in a Python branch, an overflowing size)
+  is a UsageError naming the run and the line of code; set GRADNOISE_DEBUG=1 to see the
+  traceback instead."""
   import jax
   run_id, config = group[0]
   data = sweep.data(config)
   spec = trainer.GroupSpec(sweep.experiment, trainer.group_config(config, sweep.experiment),
                            data.num_train, config.batch_size, bool(data.num_tasks))
-  train = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in data.train.items()}
+  shape = lambda tree: jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), tree)
+  train = shape(data.train)
   try:
     hp = trainer.run_hparams(config, sweep.experiment)
+    epoch = np.int32(0)
     state = jax.eval_shape(lambda hp, train: trainer.init_run(spec, hp, train), hp, train)
-  except experiment_lib.TracedFieldError:
-    raise
-  except Exception as e:  # noqa: BLE001 - any failure to build shapes comes from the config
+    jax.eval_shape(lambda s, hp, t: trainer.train_epoch(spec, s, hp, t, epoch), state, hp,
+                   train)
+    evals = shape(trainer.eval_batches(data, config.train.eval_batch_size))
+    jax.eval_shape(lambda s, hp, e: trainer.evaluate(spec, s, hp, e, epoch), state, hp, evals)
+  except Exception as e:  # noqa: BLE001 - reported with where it happened
     if os.environ.get("GRADNOISE_DEBUG"):
       raise
-    raise UsageError(f"run {run_id} of {sweep.config_file}: its model cannot be built "
-                     f"({_one_line(e)}); check the model.* and data.* fields (set "
+    if isinstance(e, experiment_lib.TracedFieldError):
+      raise UsageError(f"{e} (at {_user_frame(e)})") from None
+    raise UsageError(f"run {run_id} of {sweep.config_file}: its model cannot be built or "
+                     f"trained ({_one_line(e)[:400]}) at {_user_frame(e)}; {_hint(e)} (set "
                      "GRADNOISE_DEBUG=1 for the traceback).") from None
   per_run = sum(np.prod(x.shape, dtype=np.float64) * x.dtype.itemsize
                 for x in jax.tree.leaves(state))
@@ -306,6 +347,8 @@ def summary_table(workdir: str, metric: str = "test_accuracy") -> str:
   from gradnoise import report
   analysis = report.analyze(report.load_runs([workdir]), metric)
   arms = report.arm_labels(analysis)
+  percent = "accuracy" in metric or "error" in metric
+  fmt = (lambda x: f"{x:.2%}") if percent else (lambda x: f"{x:.4g}")
   header = ["setting"] + [f"{arm}: {stat}" for arm in arms for stat in ("best", "mean", "runs")]
   rows = []
   for setting in analysis.settings:
@@ -313,7 +356,7 @@ def summary_table(workdir: str, metric: str = "test_accuracy") -> str:
     row = [setting.label]
     for arm in arms:
       a = stats.get(arm)
-      row += [f"{a.best:.2%}", f"{a.mean:.2%}", str(a.runs)] if a else ["", "", ""]
+      row += [fmt(a.best), fmt(a.mean), str(a.runs)] if a else ["", "", ""]
     rows.append(row)
   lines = [f"{metric} over seeds (final):"]
   lines += ["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows]
@@ -355,8 +398,9 @@ def train(sweep: Sweep, workdir: str, *, overwrite: bool = False,
   import jax
   out = out or sys.stdout
   primary = jax.process_index() == 0
-  record = workdir_lib.sweep_record(sweep.config, sweep.overrides, sweep.config_file,
-                                    data_fingerprint(sweep))
+  record = workdir_lib.sweep_record(
+      sweep.config, sweep.overrides, sweep.config_file, data_fingerprint(sweep),
+      experiment_lib.source_digest(sweep.config.experiment))
   wd = workdir_lib.WorkDir(workdir)
   resume = wd.check(record, overwrite, accept_env_change)
   if primary:
@@ -416,8 +460,13 @@ def _train_groups(sweep: Sweep, wd: workdir_lib.WorkDir, results: dict[int, dict
       if primary:
         wd.truncate_metrics(run_ids, epoch)
 
+    def on_compiled(runs, seconds, i=i):
+      if primary:
+        print(f"group {i}: compiling the training epoch for {runs} runs at once took about "
+              f"{seconds:.1f} s (first epoch minus second)", file=out)
+
     callbacks = trainer.GroupCallbacks(on_metrics, on_batch_done, on_restore,
-                                       progress.advance)
+                                       progress.advance, on_compiled)
     failing = True
     try:
       trainer.train_group(sweep.experiment, group, data, callbacks,

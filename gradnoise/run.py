@@ -231,6 +231,8 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
     os_error = _os_error(e)
     if os_error is None:
       raise
+    if os_error.errno == errno.EPIPE:  # our output's reader went away (e.g. `| head`)
+      return 2
     workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
     where = (f"{os_error.filename}: " if os_error.filename
              else f"writing in the work dir {workdir}: " if workdir else "")

@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Collection, Iterator, NamedTuple, Sequence
 
 import jax
@@ -461,6 +462,9 @@ class GroupCallbacks(NamedTuple):
   on_batch_done: Callable[[dict[int, dict[str, Any]]], None] = lambda results: None
   on_restore: Callable[[Sequence[int], int], None] = lambda run_ids, epoch: None
   on_progress: Callable[[int, dict[str, float]], None] = lambda run_steps, metrics: None
+  # (runs at once, seconds): the compilation time of the training epoch, measured as how
+  # much longer the first epoch took than the second.
+  on_compiled: Callable[[int, float], None] = lambda runs, seconds: None
 
 
 def train_group(
@@ -489,6 +493,8 @@ def train_group(
   eval_data = to_global(eval_batches(data, config.train.eval_batch_size), replicated)
   every = config.train.checkpoint_every_epochs
   results: dict[int, dict[str, Any]] = {}
+  epoch_seconds: list[float] = []  # of the first two epochs of the first batch trained
+
   for batch in batches_of_runs(len(runs), config.train.runs_per_batch):
     ids = [runs[i][0] for i in batch]
     if all(i in finished for i in ids):
@@ -508,7 +514,13 @@ def train_group(
       callbacks.on_restore(ids, start)
     callbacks.on_progress(len(ids) * start * program.steps_per_epoch, {})
     for epoch in range(start, config.num_epochs):
+      started = time.perf_counter()
       state, metrics = program.train_epoch(state, hp, train_data, np.int32(epoch))
+      if len(epoch_seconds) < 2:
+        jax.block_until_ready(metrics)
+        epoch_seconds.append(time.perf_counter() - started)
+        if len(epoch_seconds) == 2:  # compilation = the first epoch's extra time
+          callbacks.on_compiled(len(ids), max(epoch_seconds[0] - epoch_seconds[1], 0.0))
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
         eval_metrics, extra = program.evaluate(state, hp, eval_data, np.int32(epoch))

@@ -16,6 +16,7 @@ import csv
 import errno
 import fcntl
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
@@ -114,6 +115,7 @@ def environment() -> dict[str, Any]:
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "optax": optax.__version__,
+      "flax": _version("flax"),
       "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind,
       "device_count": jax.device_count(),
@@ -125,16 +127,25 @@ def environment() -> dict[str, Any]:
   }
 
 
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
 def sweep_record(config: ml_collections.ConfigDict, sweep: Sequence[dict[str, Any]],
-                 config_file: str, data_fingerprint: str = "") -> dict[str, Any]:
+                 config_file: str, data_fingerprint: str = "",
+                 experiment_source: str = "") -> dict[str, Any]:
   """What config.json holds: the resolved config, the sweep, the environment (with the
-  fingerprint of the data the runs train on), versions."""
+  SHA-256 of the data the runs train on and of the experiment's source file), versions."""
   return strict_json({
       "written_by": WRITER,
       "config": config.to_dict(),
       "sweep": [dict(o) for o in sweep],
       "config_file": config_file,
-      "environment": {**environment(), "data": data_fingerprint},
+      "environment": {**environment(), "data": data_fingerprint,
+                      "experiment_source": experiment_source},
       "python": platform.python_version(),
   })
 

@@ -159,3 +159,45 @@ def test_declared_fields_cover_the_example_module(tmp_path):
   module = experiment.load(str(folder / "mylab" / "regression.py"))
   assert set(module.fields) == {"model.init_scale", "data.seed"}
   assert isinstance(module.fields["model.init_scale"], fields.Field)
+
+
+def test_resume_after_editing_the_experiment_is_refused(tmp_path):
+  project = tmp_path / "project"
+  module = project / "mylab" / "regression.py"
+  config = write_user_project(project, str(module))
+  argv = ["gradnoise.run", f"--config={config}", "--no_sweep", f"--workdir={tmp_path / 'wd'}"]
+  assert run.main(argv, io.StringIO(), io.StringIO()) == 0
+  module.write_text(USER_EXPERIMENT.replace("jnp.mean(err ** 2)", "jnp.mean(jnp.abs(err))"))
+  err = io.StringIO()
+  assert run.main(argv, io.StringIO(), err) == 2
+  assert "experiment_source" in err.getvalue() and "--accept_env_change" in err.getvalue()
+
+
+BAD_MODELS = {
+    # a model whose output does not fit the loss: caught before anything is written
+    "wrong_shape": ("    return jnp.mean((batch['x'] @ params['w']) - batch['y'][:7]) ** 2, {}",
+                    "its model cannot be built or trained"),
+    # a traced field read from the config inside the compiled program
+    "traced_read": ("    return jnp.mean(batch['x'] @ params['w'] * config.model.init_scale), {}",
+                    "config field model.init_scale is traced"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_a_model_that_cannot_train_is_one_error_before_writing(tmp_path, case):
+  project = tmp_path / "project"
+  module = project / "mylab" / "regression.py"
+  config = write_user_project(project, str(module))
+  body, message = BAD_MODELS[case]
+  source = USER_EXPERIMENT.replace(
+      "  err = batch[\"x\"] @ params[\"w\"] - batch[\"y\"]\n  return jnp.mean(err ** 2), {}",
+      body.replace("    ", "  ", 1))
+  assert source != USER_EXPERIMENT
+  module.write_text(source)
+  err = io.StringIO()
+  code = run.main(["gradnoise.run", f"--config={config}", "--no_sweep",
+                   f"--workdir={tmp_path / 'wd'}"], io.StringIO(), err)
+  lines = err.getvalue().strip().splitlines()
+  assert code == 2 and len(lines) == 1 and message in lines[0], err.getvalue()
+  assert str(module) in lines[0]  # the line of the user's code is named
+  assert not (tmp_path / "wd").exists()

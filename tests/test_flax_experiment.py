@@ -208,7 +208,27 @@ def test_imports_stay_light():
 def test_bad_arguments():
   with pytest.raises(ValueError, match="task='ranking'"):
     fe.supervised("x", FACTORIES["linen"], synthetic(), task="ranking")
-  with pytest.raises(ValueError, match="model takes 1 parameters"):
+  with pytest.raises(ValueError, match="model takes 1 required positional parameters"):
     fe.supervised("x", lambda hp: None, synthetic())
+  # Keyword-only and defaulted parameters do not count: this is a linen factory.
+  fe.supervised("x", lambda hp, config, *, extra=1: FACTORIES["linen"](hp, config), synthetic())
   with pytest.raises(UsageError, match="split test has 3 inputs but 2 targets"):
     fe.ArrayData(np.zeros((4, 2)), np.zeros(4), {"test": (np.zeros((3, 2)), np.zeros(2))}, "d")
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros((4, 3)), "classification needs integer class ids of shape \\[N\\]"),
+    (np.array([0.5, 1.0, 2.0, 1.0]), "classification needs integer class ids"),
+    (np.array(["a", "b", "a", "b"]), "not one-hot, not strings"),
+])
+def test_bad_labels_are_one_usage_error(labels, message):
+  data = fe.ArrayData(np.zeros((4, 2), np.float32), labels, {}, "bad labels")
+  experiment = fe.supervised("x", FACTORIES["linen"], data)
+  with pytest.raises(UsageError, match=message):
+    experiment.load_data(None)
+
+
+def test_data_of_the_wrong_type_is_one_usage_error():
+  experiment = fe.supervised("x", FACTORIES["linen"], lambda config: ([1], [2]))
+  with pytest.raises(UsageError, match="its data gave tuple; accepted: "):
+    experiment.load_data(None)
