@@ -3,16 +3,12 @@ training on the real task qa1."""
 
 import atexit
 import dataclasses
-import functools
 import hashlib
-import http.server
 import os
 import re
 import shutil
-import socket
 import tarfile
 import tempfile
-import threading
 import time
 
 import jax
@@ -20,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import closed_url
 
 import gradnoise
 from configs import memnet_babi
@@ -570,40 +567,6 @@ def test_table2_summary_from_a_work_dir(tmp_path):
   with pytest.raises(UsageError, match="memnet work dir"):
     (tmp_path / "results.csv").write_text("run,seed,test_accuracy,diverged\n0,0,0.5,false\n")
     babi_table.collect([str(tmp_path)])
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-  """A local HTTP server of a folder: (folder, its URL, the paths requested)."""
-  folder = tmp_path / "mirror"
-  folder.mkdir()
-  requested = []
-
-  class Handler(http.server.SimpleHTTPRequestHandler):
-
-    def do_GET(self):
-      requested.append(self.path)
-      super().do_GET()
-
-    def log_message(self, *args):
-      pass
-
-  server = http.server.ThreadingHTTPServer(
-      ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-  threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                   daemon=True).start()
-  for name in ("no_proxy", "NO_PROXY"):
-    monkeypatch.setenv(name, "*")
-  yield folder, f"http://127.0.0.1:{server.server_port}/", requested
-  server.shutdown()
-  server.server_close()
-
-
-def closed_url():
-  """The URL of a local port that nobody listens on: connections are refused."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return f"http://127.0.0.1:{s.getsockname()[1]}/"
 
 
 def write_archive(path):

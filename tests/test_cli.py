@@ -149,7 +149,7 @@ def test_no_sweep_runs_base_config_alone(tmp_path):
     (["--bogus_flag=1"], "bogus_flag"),
     # Values that pass each field's check but cannot build a model, or do not fit.
     (["--config.model.depth=99999999999999999999", "--no_sweep"],
-     "its model cannot be built (OverflowError"),
+     "its model cannot be built or trained (OverflowError"),
     (["--config.model.width=1000000000", "--no_sweep"], "GiB, more than the"),
     # A swept field the run does not use would give runs that repeat each other.
     (["--config.noise.schedule=constant"], "sets noise.eta (run 0: 0.0), which this run's "

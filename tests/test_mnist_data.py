@@ -1,10 +1,8 @@
 """experiments.mnist_data.load_mnist: every source and every bad input."""
 
 import builtins
-import functools
 import gzip
 import hashlib
-import http.server
 import importlib.machinery
 import importlib.util
 import io
@@ -13,13 +11,13 @@ import pathlib
 import random
 import re
 import socket
-import threading
 import time
 import zipfile
 from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import closed_url
 
 from experiments import mnist_data
 from gradnoise.errors import UsageError
@@ -407,42 +405,6 @@ def test_damaged_files_give_usage_errors_only(tmp_path):
 
 
 # download
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-  """A local HTTP server of a folder: (folder, its URL, the paths requested)."""
-  folder = tmp_path / "mirror"
-  folder.mkdir()
-  requested = []
-
-  class Handler(http.server.SimpleHTTPRequestHandler):
-
-    def do_GET(self):
-      requested.append(self.path)
-      super().do_GET()
-
-    def log_message(self, *args):
-      pass
-
-  server = http.server.ThreadingHTTPServer(
-      ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
-  )
-  threading.Thread(
-      target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-  ).start()
-  for name in ("no_proxy", "NO_PROXY"):
-    monkeypatch.setenv(name, "*")
-  yield folder, f"http://127.0.0.1:{server.server_port}/", requested
-  server.shutdown()
-  server.server_close()
-
-
-def closed_url():
-  """The URL of a local port that nobody listens on: connections are refused."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return f"http://127.0.0.1:{s.getsockname()[1]}/"
 
 
 def as_official(monkeypatch, folder, mirrors):
