@@ -201,6 +201,11 @@ def download_babi() -> str:
                   advice)
   tmp = os.path.join(folder, f".{ARCHIVE_FOLDER}.{secrets.token_hex(4)}.part")
   try:
+    os.makedirs(tmp)  # a new folder of this call's own: the only one removed below
+  except OSError as e:
+    raise UsageError(f"data.path: cannot extract {archive} into {folder} ({reason(e)}); "
+                     f"{advice}", field="data.path") from None
+  try:
     _extract(archive, tmp)
     os.rename(os.path.join(tmp, ARCHIVE_FOLDER), target)
   except FileNotFoundError:
@@ -217,8 +222,8 @@ def download_babi() -> str:
 
 
 def _extract(archive: str, dest: str) -> None:
-  """Extracts the regular files under ``tasks_1-20_v1-2/`` of ``archive`` into ``dest``."""
-  os.makedirs(dest)
+  """Extracts the regular files under ``tasks_1-20_v1-2/`` of ``archive`` into the folder
+  ``dest``."""
   with tarfile.open(archive) as tar:
     for member in tar:
       parts = member.name.removeprefix("./").split("/")

@@ -194,16 +194,19 @@ def fetch(
       failures.append(f"{url}: rejected, {problem}")
       continue
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+    created = False
     try:
       os.makedirs(folder, exist_ok=True)
       with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp
+        created = True
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, dest)
     except OSError as e:
-      with contextlib.suppress(OSError):
-        os.remove(tmp)
+      if created:  # only the file this call made
+        with contextlib.suppress(OSError):
+          os.remove(tmp)
       raise UsageError(
           f"{field}: cannot write {dest} ({reason(e)}); {advice}", field=field
       ) from None

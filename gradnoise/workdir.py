@@ -51,8 +51,23 @@ class DamagedRecord(UsageError):
   """config.json of a gradnoise work dir that cannot be read."""
 
 
+def _is_own_entry(path: str) -> bool:
+  """A TensorBoard event file, or an orbax step folder (committed: it holds orbax's
+  ``_CHECKPOINT_METADATA``; or unfinished: its name ends in ``.orbax-checkpoint-tmp...``)."""
+  name = os.path.basename(path)
+  if os.path.islink(path):
+    return False
+  if name.startswith("events.out.tfevents."):
+    return os.path.isfile(path)
+  return os.path.isdir(path) and (".orbax-checkpoint-tmp" in name or os.path.isfile(
+      os.path.join(path, "_CHECKPOINT_METADATA")))
+
+
 def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
+  """Deletes ``path`` if :func:`_is_own_entry` says gradnoise wrote it."""
+  if not _is_own_entry(path):
+    return
+  if os.path.isdir(path):
     shutil.rmtree(path)
   else:
     os.unlink(path)
