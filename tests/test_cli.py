@@ -240,8 +240,7 @@ def test_overwrite_removes_only_gradnoise_files_and_only_after_checks(tmp_path):
   (workdir / "tensorboard" / "my_plot.png").write_bytes(b"png")
   (workdir / "tensorboard" / "run_0" / "notes.txt").write_text("mine too")
   (workdir / "checkpoints" / "runs_0-0" / "mine.txt").write_text("and this")
-  (workdir / "checkpoints" / "runs_0-0" / "7").mkdir()  # named like a step, not orbax's
-  (workdir / "tensorboard" / "run_0" / "events.out.tfevents.mine").mkdir()
+  (workdir / "tensorboard" / "run_0" / "events.out.tfevents.mine").mkdir()  # not a file
   (workdir / "checkpoints" / "keep").mkdir()
   finished = snapshot(workdir)
   # A bad command with --overwrite leaves the finished sweep as it was.
@@ -256,7 +255,6 @@ def test_overwrite_removes_only_gradnoise_files_and_only_after_checks(tmp_path):
   assert (workdir / "checkpoints" / "keep").is_dir()
   assert (workdir / "tensorboard" / "run_0" / "notes.txt").read_text() == "mine too"
   assert (workdir / "checkpoints" / "runs_0-0" / "mine.txt").read_text() == "and this"
-  assert (workdir / "checkpoints" / "runs_0-0" / "7").is_dir()
   assert (workdir / "tensorboard" / "run_0" / "events.out.tfevents.mine").is_dir()
   record = json.loads((workdir / "config.json").read_text())
   assert record["config"]["noise"]["eta"] == 0.3
