@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradnoise.noise import (_apply_clip, _check_real_scalar, _clip_factors,
-                             _is_inexact_leaf, _norm_parts, _working_dtype)
+from gradnoise.noise import _clipping, _norm_parts, _working_dtype
 
 POWER_SQUARINGS = 12  # 4096 power iterations
 
@@ -82,25 +81,14 @@ def clip_by_spectral_norm(max_norm: Any, per_leaf: bool = True) -> optax.Gradien
   Raises:
     ValueError: for a concrete ``max_norm`` <= 0 or NaN.
   """
-  _check_real_scalar("max_norm", max_norm, positive=True)
-
-  def update_fn(updates, state, params=None):
-    del params
-    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-    inexact = [i for i, x in enumerate(leaves) if _is_inexact_leaf(x)]
-    if not inexact:
-      return updates, state
-    parts = {i: _spectral_parts(jnp.asarray(leaves[i])) for i in inexact}
+  def parts(arrays):
+    each = [_spectral_parts(x) for x in arrays]
     if per_leaf:
-      factors = {i: _clip_factors(*parts[i], max_norm) for i in inexact}
-    else:
-      dtype = functools.reduce(jnp.promote_types, [parts[i][0].dtype for i in inexact])
-      c = functools.reduce(jnp.minimum, [parts[i][1].astype(dtype) for i in inexact])
-      r = functools.reduce(jnp.maximum, [parts[i][0].astype(dtype) * (c / parts[i][1])
-                                         for i in inexact])  # exact: powers of two
-      factors = dict.fromkeys(inexact, _clip_factors(r, c, max_norm))
-    for i in inexact:
-      leaves[i] = _apply_clip(jnp.asarray(leaves[i]), factors[i])
-    return jax.tree.unflatten(treedef, leaves), state
+      return each
+    dtype = functools.reduce(jnp.promote_types, [r.dtype for r, _ in each])
+    c = functools.reduce(jnp.minimum, [c.astype(dtype) for _, c in each])
+    r = functools.reduce(jnp.maximum, [r.astype(dtype) * (c / ci)
+                                       for r, ci in each])  # exact: powers of two
+    return [(r, c)] * len(arrays)
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return _clipping(max_norm, parts)

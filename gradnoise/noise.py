@@ -377,6 +377,31 @@ def _apply_clip(x: jax.Array, factors: tuple[jax.Array, jax.Array]) -> jax.Array
   return ((x * c) * b).astype(x.dtype)
 
 
+def _clipping(max_norm: Any, norm_parts: Callable[[list[jax.Array]], list[tuple[jax.Array,
+               jax.Array]]]) -> optax.GradientTransformation:
+  """A stateless clip: ``norm_parts(inexact leaves)`` gives each leaf's ``(r, c)`` (its
+  norm is r / c, :func:`_norm_parts`), and a leaf whose norm exceeds ``max_norm`` is scaled
+  to it (:func:`_clip_factors`). Integer, bool and None leaves pass through.
+
+  Raises:
+    ValueError: for a concrete ``max_norm`` <= 0 or NaN.
+  """
+  _check_real_scalar("max_norm", max_norm, positive=True)
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+    inexact = [i for i, x in enumerate(leaves) if _is_inexact_leaf(x)]
+    if not inexact:
+      return updates, state
+    arrays = [jnp.asarray(leaves[i]) for i in inexact]
+    for i, x, parts in zip(inexact, arrays, norm_parts(arrays)):
+      leaves[i] = _apply_clip(x, _clip_factors(*parts, max_norm))
+    return jax.tree.unflatten(treedef, leaves), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
   """Scales all inexact leaves by ``min(1, max_norm / global norm)`` (Pascanu et al. 2013).
 
@@ -393,22 +418,11 @@ def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
   Raises:
     ValueError: for a concrete ``max_norm`` <= 0 or NaN.
   """
-  _check_real_scalar("max_norm", max_norm, positive=True)
+  def shared(arrays):
+    dtype = functools.reduce(jnp.promote_types, [_working_dtype(x.dtype) for x in arrays])
+    return [_norm_parts(arrays, dtype)] * len(arrays)
 
-  def update_fn(updates, state, params=None):
-    del params
-    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-    inexact = [jnp.asarray(x) for x in leaves if _is_inexact_leaf(x)]
-    if not inexact:
-      return updates, state
-    dtype = functools.reduce(jnp.promote_types,
-                             [_working_dtype(x.dtype) for x in inexact])
-    factors = _clip_factors(*_norm_parts(inexact, dtype), max_norm)
-    leaves = [_apply_clip(jnp.asarray(x), factors) if _is_inexact_leaf(x) else x
-              for x in leaves]
-    return jax.tree.unflatten(treedef, leaves), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return _clipping(max_norm, shared)
 
 
 def clip_by_leaf_norm(max_norm: Any) -> optax.GradientTransformation:
@@ -425,18 +439,5 @@ def clip_by_leaf_norm(max_norm: Any) -> optax.GradientTransformation:
   Raises:
     ValueError: for a concrete ``max_norm`` <= 0 or NaN.
   """
-  _check_real_scalar("max_norm", max_norm, positive=True)
-
-  def update_fn(updates, state, params=None):
-    del params
-
-    def clip(g):
-      if not _is_inexact_leaf(g):
-        return g
-      g = jnp.asarray(g)
-      dtype = _working_dtype(g.dtype)
-      return _apply_clip(g, _clip_factors(*_norm_parts([g], dtype), max_norm))
-
-    return jax.tree.map(clip, updates, is_leaf=lambda x: x is None), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+  return _clipping(max_norm, lambda arrays: [_norm_parts([x], _working_dtype(x.dtype))
+                                             for x in arrays])
