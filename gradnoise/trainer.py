@@ -31,7 +31,6 @@ from gradnoise import fields
 from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
 from gradnoise.experiment import STATE_KEY, Dataset, Experiment, GroupConfig
-from gradnoise.sweep import get_field
 
 # Key streams, folded into key(seed) (README, "Architecture": common random numbers).
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
@@ -179,10 +178,12 @@ def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
     offset = config.optimizer.get("decay_offset_epochs", 0)
     factor = config.optimizer.decay_factor
 
-    def learning_rate(count: jax.Array) -> jax.Array:
+    def schedule(count: jax.Array) -> jax.Array:
       epoch = count // steps_per_epoch
       stage_epoch = jnp.where(epoch >= hp["restart_epoch"], epoch - hp["restart_epoch"], epoch)
       return hp["learning_rate"] * factor ** ((stage_epoch + offset) // every)
+
+    learning_rate = schedule
 
   optimizer = getattr(optax, config.optimizer.name)(learning_rate=learning_rate)
   clip_norm, clip = hp["clip_norm"], []

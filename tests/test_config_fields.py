@@ -5,7 +5,6 @@ The bad values come from each field's declaration (gradnoise.fields), so a new f
 covered as soon as it is declared, and an undeclared field fails the run itself.
 """
 
-import contextlib
 import glob
 import importlib.util
 import io
