@@ -14,6 +14,10 @@ Variants (``--config configs/memnet_babi.py:<variant>``), all on the bAbI v1.2 1
   baseline      two-stage without noise on all 20 tasks x 10 seeds (200 runs): the MemN2N
                 baseline of Table 2, reported as best of 10 by training error beside the
                 mean over seeds (the reference check of docs/results.md).
+  table2_arms   the other three arms of table2 (one-stage without and with noise,
+                two-stage with noise) on 20 tasks x 3 seeds: 180 runs. With seeds 0-2 of
+                `baseline` (same seeds: the same initial weights and batch orders) they
+                make table2 at 3 seeds, a CPU-sized run (babi_table --seeds=3).
   hard          two-stage without noise on tasks 2, 4, 6, 9, 10 (furthest from the MemN2N
                 paper before the reference audit) x 3 seeds, loaded with all 20 tasks so
                 that shapes are those of table2: 15 runs, a check of the baseline on CPU.
@@ -43,7 +47,7 @@ from ml_collections import config_dict
 
 from gradnoise.sweep import product, seeds, values
 
-VARIANTS = ("table2", "table2_fixed", "baseline", "small", "hard")
+VARIANTS = ("table2", "table2_fixed", "baseline", "table2_arms", "small", "hard")
 ALL_TASKS = list(range(1, 21))
 SMALL_TASKS = [1, 4, 9, 10, 15, 16]
 HARD_TASKS = [2, 4, 6, 9, 10]
@@ -111,7 +115,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data.memory_size = 50
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = {"table2": 80, "table2_fixed": 80, "baseline": 100, "small": 48,
+  config.train.runs_per_batch = {"table2": 80, "table2_fixed": 80, "baseline": 100,
+                                  "table2_arms": 90, "small": 48,
                                   "hard": 15}[arg]
   config.train.eval_every_epochs = 5
   config.train.eval_batch_size = 500
@@ -129,6 +134,10 @@ def get_sweep(arg: str = "small") -> list[dict]:
   if arg == "baseline":
     return product(values("data.task", ALL_TASKS), [TWO_STAGE], values("noise.eta", [0.0]),
                    seeds(10))
+  if arg == "table2_arms":
+    arms = product([ONE_STAGE], values("noise.eta", [0.0, 1.0])) + product(
+        [TWO_STAGE], values("noise.eta", [1.0]))
+    return product(values("data.task", ALL_TASKS), arms, seeds(3))
   if arg == "table2_fixed":
     return product(values("data.task", ALL_TASKS), stages, seeds(10))
   tasks = SMALL_TASKS if arg == "small" else ALL_TASKS
