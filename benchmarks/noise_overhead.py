@@ -1,23 +1,40 @@
-"""Cost of gradient noise per training step: no noise vs optax.add_noise vs gradnoise.
+"""Cost of gradient noise per training step: no noise vs optax.add_noise vs gradnoise;
+and the cost of the trainer's per-step diagnostics.
 
 Issue setup: MLP 784 -> 20 x 50 ReLU -> 10, batch 128, clip_by_global_norm(10) then
 SGD(0.1); one epoch of 468 steps inside ``lax.scan``; every variant measured side by side
 in this process (min over repeats). ``gradnoise.noisy`` clips with gradnoise's
 overflow-safe global clip, also timed alone without noise.
-Run: ``python benchmarks/noise_overhead.py``.
+
+Diagnostics: the trainer's training epoch (``trainer.build_program``, the same model,
+Simple init, clip 10, annealed noise eta 0.01, random MNIST-shaped inputs) with
+``train.diagnostics`` off, on, and on with ``train.diagnostics_per_leaf``, for 1 and 16
+runs at once, interleaved, min over repeats.
+Run: ``python benchmarks/noise_overhead.py [--runs 1,16]`` from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import gradnoise
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import mnist_mlp as mnist_configs  # noqa: E402
+from experiments import mnist_mlp  # noqa: E402
+from gradnoise import experiment, fields, sweep, trainer  # noqa: E402
+
+DIAGNOSTICS = {"off": {"train.diagnostics": False}, "on": {},
+               "on, per leaf": {"train.diagnostics_per_leaf": True}}
 
 
 def init_mlp(key, sizes):
@@ -51,11 +68,54 @@ def make_epoch(tx, steps, batch):
   return jax.jit(epoch)
 
 
+def trainer_epoch_costs(steps: int, runs: int, repeats: int
+                        ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+  """Per DIAGNOSTICS setting, ``runs`` runs at once: XLA's flop count of the lowered
+  training epoch (a deterministic proxy, no compilation; XLA counts the scanned step
+  once, so this is one step's), and wall and CPU (process: all threads) seconds per step,
+  each the min over ``repeats`` interleaved calls (inf with ``repeats`` = 0). On a shared
+  machine the CPU time is the steadier figure."""
+  exp = mnist_mlp.EXPERIMENT
+  base = fields.complete(mnist_configs.get_config("quick"), {**trainer.FIELDS, **exp.fields})
+  rng = np.random.default_rng(0)
+  train = {"x": rng.random((steps * 128, 784), dtype=np.float32),
+           "y": rng.integers(0, 10, steps * 128).astype(np.int32)}
+  data = experiment.Dataset(train, {}, "random MNIST-shaped arrays")
+  programs, states, hps, flops = {}, {}, {}, {}
+  for name, overrides in DIAGNOSTICS.items():
+    configs = [sweep.apply_overrides(base, {**overrides, "seed": s}) for s in range(runs)]
+    programs[name] = trainer.build_program(exp, configs[0], data.num_train)
+    hps[name] = trainer.stack_hparams([trainer.run_hparams(c, exp) for c in configs], runs)
+    states[name] = programs[name].init(hps[name], train)
+    lowered = programs[name].train_epoch.lower(states[name], hps[name], train, np.int32(0))
+    flops[name] = lowered.cost_analysis()["flops"]
+    if repeats:
+      states[name], _ = programs[name].train_epoch(states[name], hps[name], train,
+                                                   np.int32(0))
+      jax.block_until_ready(states[name])
+  best = {name: float("inf") for name in DIAGNOSTICS}
+  best_cpu = dict(best)
+  for _ in range(repeats):
+    for name, program in programs.items():
+      start, start_cpu = time.perf_counter(), time.process_time()
+      states[name], metrics = program.train_epoch(states[name], hps[name], train, np.int32(1))
+      jax.block_until_ready((states[name], metrics))
+      best[name] = min(best[name], (time.perf_counter() - start) / steps)
+      best_cpu[name] = min(best_cpu[name], (time.process_time() - start_cpu) / steps)
+  return flops, best, best_cpu
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=468)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--runs", default="1,16", help="runs at once for the diagnostics")
+  parser.add_argument("--diagnostics_only", action="store_true",
+                      help="time only the trainer's diagnostics")
   args = parser.parse_args()
+  if args.diagnostics_only:
+    print_diagnostics(args)
+    return
   batch, steps = 128, args.steps
   key = jax.random.key(0)
   params = init_mlp(key, [784] + [50] * 20 + [10])
@@ -87,6 +147,18 @@ def main():
   base = best["no noise"]
   for name, t in best.items():
     print(f"{name:28s} {t * 1e3:8.3f} {t / base:6.2f}x")
+  print_diagnostics(args)
+
+
+def print_diagnostics(args: argparse.Namespace) -> None:
+  print(f"\n{'trainer epoch, diagnostics':28s} {'runs':>4s} {'MFLOP/step':>10s} {'ratio':>6s} "
+        f"{'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s}")
+  for runs in [int(r) for r in args.runs.split(",")]:
+    flops, wall, cpu = trainer_epoch_costs(args.steps, runs, args.repeats)
+    for name in DIAGNOSTICS:
+      print(f"{name:28s} {runs:4d} {flops[name] / 1e6:10.2f} {flops[name] / flops['off']:6.3f} "
+            f"{wall[name] * 1e3:8.3f} {wall[name] / wall['off']:6.2f} "
+            f"{cpu[name] * 1e3:8.3f} {cpu[name] / cpu['off']:6.2f}")
 
 
 if __name__ == "__main__":

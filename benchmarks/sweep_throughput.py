@@ -6,7 +6,9 @@ no clipping, noise eta 0.01:
   - gradnoise trainer, one compile group with 1, 8 and 32 runs (jit(vmap(scan))), one
     epoch per call, timed after a warm-up epoch;
   - a plain per-run loop: one jitted optax step per batch, called from Python;
-  - PyTorch eager with the same model and optimizer, if torch is installed.
+  - PyTorch eager with the same model and optimizer, one run at a time, and PyTorch's
+    ``torch.func`` ensembling of the same runs (stacked module state, vmap over runs), if
+    torch is installed (not a gradnoise dependency).
 Run: ``python benchmarks/sweep_throughput.py [--runs 1,8,32]``.
 """
 
@@ -92,6 +94,18 @@ def per_run_loop_seconds_per_run_epoch(data: experiment.Dataset) -> float:
   return time.perf_counter() - start
 
 
+def torch_mlp():
+  """The 20x50 ReLU MLP as a torch.nn.Sequential."""
+  import torch
+  layers = []
+  sizes = [784] + [50] * 20 + [10]
+  for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+    layers.append(torch.nn.Linear(m, n))
+    if i < len(sizes) - 2:
+      layers.append(torch.nn.ReLU())
+  return torch.nn.Sequential(*layers)
+
+
 def torch_seconds_per_run_epoch(data: experiment.Dataset, threads: int) -> float | None:
   try:
     import torch
@@ -99,13 +113,7 @@ def torch_seconds_per_run_epoch(data: experiment.Dataset, threads: int) -> float
     return None
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  layers = []
-  sizes = [784] + [50] * 20 + [10]
-  for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-    layers.append(torch.nn.Linear(m, n))
-    if i < len(sizes) - 2:
-      layers.append(torch.nn.ReLU())
-  model = torch.nn.Sequential(*layers)
+  model = torch_mlp()
   opt = torch.optim.SGD(model.parameters(), lr=0.1)
   x, y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"]).long()
   order = torch.randperm(N_TRAIN)
@@ -120,6 +128,44 @@ def torch_seconds_per_run_epoch(data: experiment.Dataset, threads: int) -> float
         p.grad.add_(torch.randn_like(p.grad) * 0.1)
     opt.step()
   return time.perf_counter() - start
+
+
+def torch_func_seconds_per_run_epoch(data: experiment.Dataset, num_runs: int,
+                                     threads: int) -> float | None:
+  """PyTorch's own way to batch runs: ``torch.func`` ensembling. The runs' module states
+  stacked (``stack_module_state``), one ``vmap(grad(functional_call))`` per step over all
+  runs, each run with its own batch order and Gaussian noise, then an SGD update of the
+  stacked parameters; one epoch timed after a warm-up step."""
+  try:
+    import torch
+    from torch import func
+  except ImportError:
+    return None
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  models = [torch_mlp() for _ in range(num_runs)]
+  params, buffers = func.stack_module_state(models)
+  base = torch_mlp().to("meta")
+
+  def loss(p, b, x, y):
+    return torch.nn.functional.cross_entropy(func.functional_call(base, (p, b), (x,)), y)
+
+  grads_of_runs = func.vmap(func.grad(loss))
+  x, y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"]).long()
+  orders = torch.stack([torch.randperm(N_TRAIN) for _ in range(num_runs)])
+
+  def step(i):
+    idx = orders[:, i * BATCH:(i + 1) * BATCH]
+    grads = grads_of_runs(params, buffers, x[idx], y[idx])
+    with torch.no_grad():  # SGD 0.1 on the gradient plus noise of std 0.1 (eta 0.01)
+      for name, p in params.items():
+        p.sub_(0.1 * (grads[name] + 0.1 * torch.randn_like(p)))
+
+  step(0)  # warm-up
+  start = time.perf_counter()
+  for i in range(N_TRAIN // BATCH):
+    step(i)
+  return (time.perf_counter() - start) / num_runs
 
 
 def main():
@@ -141,14 +187,24 @@ def main():
                          for n in sorted({1, os.cpu_count() or 1})) if t is not None]
     if times:
       figures["PyTorch eager"] = min(times)
+    for n in [int(r) for r in args.runs.split(",") if int(r) > 1]:
+      times = [t for t in (torch_func_seconds_per_run_epoch(data, n, threads)
+                           for threads in sorted({1, os.cpu_count() or 1})) if t is not None]
+      if times:
+        figures[f"PyTorch torch.func ensemble, {n} runs"] = min(times)
   print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}"
         f", jax {jax.__version__}")
   name = next((n for n in ("PyTorch eager", "per-run loop of jitted steps") if n in figures),
               next(iter(figures)))
   reference = figures[name]
-  print(f"{'variant':34s} {'s/run-epoch':>11s} {'run-epochs/s':>12s} {'vs ' + name[:14]:>18s}")
+  print(f"{'variant':42s} {'s/run-epoch':>11s} {'run-epochs/s':>12s} "
+        f"{'vs ' + name[:14]:>18s} {'vs torch.func':>14s}")
   for variant, seconds in figures.items():
-    print(f"{variant:34s} {seconds:11.3f} {1 / seconds:12.2f} {reference / seconds:17.2f}x")
+    runs = variant.rsplit(", ", 1)[-1]
+    ensemble = figures.get(f"PyTorch torch.func ensemble, {runs}")
+    versus = f"{ensemble / seconds:13.2f}x" if ensemble and "trainer" in variant else ""
+    print(f"{variant:42s} {seconds:11.3f} {1 / seconds:12.2f} {reference / seconds:17.2f}x "
+          f"{versus:>14s}")
 
 
 if __name__ == "__main__":

@@ -252,5 +252,6 @@ EXPERIMENT = experiment.Experiment(
     loss_fn=loss_fn,
     eval_fn=eval_fn,
     summary_metric="test_error",
+    curves=("train_loss", "train_error", "valid_error", "test_error"),
     state=experiment.RunStateHooks(init=init_state, after_eval=after_eval),
 )

@@ -344,5 +344,6 @@ EXPERIMENT = experiment.Experiment(
     eval_fn=eval_fn,
     code_choices=lambda config: {"dropout": config.model.dropout_rate > 0},
     summary_metric="test_seq_error",
+    curves=("train_loss", "train_seq_error", "test_seq_error", "state_bits"),
     state=experiment.RunStateHooks(init=init_state, after_step=after_step),
 )

@@ -126,11 +126,22 @@ class Experiment:
     eval_fn: ``(params, batch, hp, config) -> {metric: per-example values [B]}``; the
       trainer averages them over each eval split and names them ``<split>_<metric>``.
     validate: ``config -> None``; rules between fields (raises UsageError naming a field).
+    unused_fields: ``config -> {field: reason}``, the experiment's fields that ``config``
+      does not use (e.g. an init's parameters under another init): a sweep over one of
+      them is refused, since its runs would repeat each other.
     code_choices: ``config -> {name: JSON-able value}``, what a traced field implies about
       the code, declared once (e.g. ``{"dropout": rate > 0}``): runs with different choices
       compile separately, and the functions above read them as ``config.code_choices``.
-    summary_metric: the results.csv column of the end-of-sweep summary table.
+    summary_metric: the results.csv column of the end-of-sweep summary table and the
+      default metric of ``python -m gradnoise.report``.
+    curves: the metrics.jsonl metrics that ``python -m gradnoise.report`` plots over steps
+      by default (those logged).
     state: optional :class:`RunStateHooks` for per-run state outside the gradient.
+    batch_order: optional ``(hp, epoch, num_train, steps, batch_size) -> indices [steps,
+      batch_size]``, the training examples of each step of an epoch (traced ``hp`` and
+      ``epoch``); None: a random permutation per epoch from the seed's data stream
+      (``trainer.batch_order``). Experiments whose data must be seen in a fixed order
+      (GRU4Rec's session-parallel batches, laid out by ``load_data``) set it.
   """
 
   name: str
@@ -142,9 +153,12 @@ class Experiment:
   loss_fn: LossFn
   eval_fn: EvalFn
   validate: Callable[[Config], None] = lambda config: None
+  unused_fields: Callable[[Config], dict[str, str]] = lambda config: {}
   code_choices: Callable[[Config], dict[str, Any]] = lambda config: {}
   summary_metric: str = "test_accuracy"
+  curves: tuple[str, ...] = ("train_loss",)
   state: RunStateHooks | None = None
+  batch_order: Callable[[HParams, jax.Array, int, int, int], jax.Array] | None = None
 
 
 class TracedFieldError(AttributeError):

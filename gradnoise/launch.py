@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence, TextIO
 import ml_collections
 import numpy as np
 
+from gradnoise import devices
 from gradnoise import experiment as experiment_lib
 from gradnoise import fields
 from gradnoise import progress as progress_lib
@@ -212,12 +213,13 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
       trainer.validate(run, experiment, lambda name, i=i: source(name, i))
     except UsageError as e:
       raise checked(e, i) from None
-    unused = [f for f in o if f in trainer.unused_fields(run)]
+    reasons = {**trainer.unused_fields(run), **experiment.unused_fields(run)}
+    unused = [f for f in o if f in reasons]
     if unused:
       raise UsageError(f"the sweep of {config_file} sets {unused[0]} (run {i}: "
                        f"{o[unused[0]]!r}), which this run's config does not use "
-                       f"({trainer.unused_fields(run)[unused[0]]}): its runs would repeat "
-                       "each other.", field=unused[0])
+                       f"({reasons[unused[0]]}): its runs would repeat each other.",
+                       field=unused[0])
     runs.append(run)
   runs = runs or [sweep_lib.apply_overrides(config, {})]
   datasets = {}
@@ -235,8 +237,15 @@ def prepare(config: Config, overrides: Sequence[dict[str, Any]] = (), *,
     groups.setdefault(trainer.group_key(run, experiment), []).append((run_id, run))
   sweep = Sweep(experiment, config, [dict(o) for o in overrides], runs, list(groups.values()),
                 datasets, config_file)
-  for group in sweep.groups:
+  for i, group in enumerate(sweep.groups):
     _check_model(sweep, group)
+    config = group[0][1]
+    if config.train.runs_per_batch is None:  # chosen once, so the plan shows it
+      chosen = devices.runs_per_batch(experiment, config, sweep.data(config), len(group))
+      sweep.groups[i] = [(run_id, sweep_lib.apply_overrides(run, {
+          "train.runs_per_batch": chosen})) for run_id, run in group]
+      for run_id, run in sweep.groups[i]:
+        sweep.runs[run_id] = run
   return sweep
 
 
@@ -318,7 +327,7 @@ def _check_model(sweep: Sweep, group: list[tuple[int, Config]]) -> None:
                      "GRADNOISE_DEBUG=1 for the traceback).") from None
   per_run = sum(np.prod(x.shape, dtype=np.float64) * x.dtype.itemsize
                 for x in jax.tree.leaves(state))
-  at_once = -(-min(len(group), config.train.runs_per_batch) // jax.device_count())
+  at_once = -(-min(len(group), config.train.runs_per_batch or 1) // jax.device_count())
   available = _memory_bytes()
   if per_run * at_once > available:
     raise UsageError(f"run {run_id} of {sweep.config_file}: the parameters and optimizer "
@@ -433,14 +442,13 @@ def train(sweep: Sweep, workdir: str, *, overwrite: bool = False,
 def _train_groups(sweep: Sweep, wd: workdir_lib.WorkDir, results: dict[int, dict[str, Any]],
                   primary: bool, out: TextIO, tag: str) -> None:
   """Trains the compile groups in order, writing metrics, TensorBoard and results."""
-  swept = [f for f in sweep_lib.swept_fields(sweep.overrides) if f != "seed"]
-  columns = ["run"] + swept + ["seed"]
+  swept = sweep_lib.swept_fields(sweep.overrides)
   finished = set(results)
 
   def on_batch_done(batch_results):
     results.update(batch_results)
     if primary:
-      wd.write_results(columns, sweep.runs, results)
+      wd.write_results(swept, sweep.runs, results)
 
   for i, group in enumerate(sweep.groups):
     config = group[0][1]

@@ -8,7 +8,10 @@ The config file defines ``get_config(arg)`` and, for variants that sweep, ``get_
 (a list of override dicts, see gradnoise.sweep). ``--config.a.b=value`` overrides the base
 config; a field may not be set both on the command line and by the sweep. ``--no_sweep``
 runs the base config alone. Bad input prints one ``error:`` line, writes nothing and exits
-with code 2. The work is done by :mod:`gradnoise.launch`; this module parses flags.
+with code 2. The work is done by :mod:`gradnoise.launch`; this module parses flags and,
+owning its process, sets what must precede JAX's start: the host (CPU) device count
+(``--host_devices``, :mod:`gradnoise.devices`), the multi-process runtime and the
+persistent compilation cache.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Sequence, TextIO
 
 from absl import flags, logging
 
+from gradnoise import devices
 from gradnoise import overrides as overrides_lib
 from gradnoise.errors import UsageError
 
@@ -54,6 +58,12 @@ def _define_flags() -> flags.FlagValues:
       "compilation cache, so that a resume or a repeat of the same shapes does not recompile; "
       "'none' turns it off (default from $GRADNOISE_COMPILATION_CACHE; a cache folder set "
       "through JAX's own JAX_COMPILATION_CACHE_DIR wins).", flag_values=fv)
+  flags.DEFINE_string("host_devices", "auto", "CPU devices to split the host into (the run "
+                      "axis is sharded over them): 'auto' gives one per core with at least "
+                      f"{devices.MIN_RUNS_PER_DEVICE} runs at once on each (see "
+                      "gradnoise/devices.py), or a count; XLA_FLAGS="
+                      f"{devices.HOST_DEVICE_FLAG}=N or JAX_NUM_CPU_DEVICES set by the user "
+                      "win over 'auto'. No effect on accelerators.", flag_values=fv)
   flags.DEFINE_bool("distributed", False, "Multi-process run: call "
                     "jax.distributed.initialize() with its cluster auto-detection (SLURM, "
                     "Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS).", flag_values=fv)
@@ -94,11 +104,16 @@ def _init_compilation_cache(folder: str) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.expanduser(folder)))
 
 
+def _multi_process(fv: flags.FlagValues) -> bool:
+  explicit = (fv.coordinator_address, fv.num_processes, fv.process_id)
+  return fv.distributed or any(v is not None for v in explicit)
+
+
 def _init_distributed(fv: flags.FlagValues) -> None:
   """Starts JAX's multi-controller runtime when asked to (before any computation)."""
-  explicit = (fv.coordinator_address, fv.num_processes, fv.process_id)
-  if not fv.distributed and all(v is None for v in explicit):
+  if not _multi_process(fv):
     return
+  explicit = (fv.coordinator_address, fv.num_processes, fv.process_id)
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
   jax.distributed.initialize(*explicit)
@@ -124,8 +139,6 @@ def _run(argv: Sequence[str], out: TextIO) -> int:
   from gradnoise import experiment as experiment_lib
   from gradnoise import fields, launch, trainer
   fv, cli = _parse(argv)
-  _init_distributed(fv)
-  _init_compilation_cache(fv.compilation_cache)
   config, get_sweep, _ = launch.load_config_file(fv.config)
   name = cli.get("experiment", config.get("experiment"))
   try:
@@ -135,6 +148,10 @@ def _run(argv: Sequence[str], out: TextIO) -> int:
   config = overrides_lib.apply(fields.complete(config, declared), cli, declared,
                                origin=fv.config)
   sweep = [] if fv.no_sweep else get_sweep()
+  if fv.host_devices != "auto" or not _multi_process(fv):  # before JAX starts its backends
+    devices.configure(fv.host_devices, devices.largest_batch(config, sweep), fv.workdir)
+  _init_distributed(fv)
+  _init_compilation_cache(fv.compilation_cache)
   prepared = launch.prepare(config, sweep, config_file=fv.config, cli_fields=tuple(cli))
   launch.train(prepared, fv.workdir, overwrite=fv.overwrite,
                accept_env_change=fv.accept_env_change, dry_run=fv.dry_run, out=out)

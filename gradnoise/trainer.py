@@ -28,18 +28,38 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import gradnoise
 from gradnoise import fields
+from gradnoise._family import add_where, split_leaves, unit_noise_at
 from gradnoise.checkpoint import BatchCheckpoints
 from gradnoise.errors import UsageError
 from gradnoise.experiment import STATE_KEY, Dataset, Experiment, GroupConfig
+from gradnoise.noise import _working_dtype
 
 # Key streams, folded into key(seed) (README, "Architecture": common random numbers).
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_DROPOUT = 0, 1, 2, 3
+STREAM_WEIGHT_NOISE = 4  # noise.kind='weight': the parameter perturbation of each step
 
 # Config fields every experiment may vary inside one compiled program.
 TRAINER_TRACED_FIELDS = ("seed", "optimizer.learning_rate", "optimizer.restart_epoch",
-                         "noise.eta", "noise.gamma", "noise.std", "clip.norm")
+                         "noise.eta", "noise.gamma", "noise.std", "noise.temperature",
+                         "noise.sigma", "noise.radius", "noise.grad_threshold", "clip.norm")
 NOISE_SCHEDULES = ("annealed", "constant")
 CLIP_NORM_KINDS = ("frobenius", "spectral")
+# noise.kind -> the noise.* fields it uses (gaussian: eta and gamma, or std, by schedule).
+NOISE_KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("noise.schedule", "noise.eta", "noise.gamma", "noise.std"),
+    "langevin": ("noise.temperature",),
+    "anticorrelated": ("noise.sigma",),
+    "multiplicative": ("noise.sigma",),
+    "relative": ("noise.sigma", "noise.relative_to"),
+    "perturbed": ("noise.radius", "noise.grad_threshold", "noise.wait"),
+    "weight": ("noise.sigma",),
+}
+# Per-step diagnostics logged per epoch as their mean (train_<name>) and max
+# (train_<name>_max); clipped_fraction only as its mean.
+DIAGNOSTICS_WITH_MAX = ("grad_norm", "clipped_grad_norm", "noise_norm", "noise_to_grad")
+# A step counts as clipped when clipping shrank a leaf's squared norm by more than this
+# (relative): two float32 sums of the same unclipped leaf may differ in the last bits.
+CLIPPED_RTOL = 2.0**-16
 
 
 def _is_optax_optimizer(name: str) -> bool:
@@ -61,19 +81,44 @@ FIELDS: dict[str, fields.Field] = {
     "optimizer.decay_factor": fields.number(0, 1, low_open=True),
     "optimizer.decay_offset_epochs": fields.integer(0, default=0),
     "optimizer.restart_epoch": fields.integer(0, default=0),
+    "optimizer.eps": fields.optional(fields.number(0, low_open=True, default=None),
+                                     "the optimizer's own default"),
+    "optimizer.momentum": fields.optional(fields.number(0, 1, high_open=True, default=None),
+                                          "no momentum"),
     "clip.norm": fields.optional(fields.number(0, low_open=True, inf="no clipping"),
                                  "no clipping"),
     "clip.per_leaf": fields.flag(),
     "clip.norm_kind": fields.choice(*CLIP_NORM_KINDS, default="frobenius"),
+    "noise.kind": fields.choice(*NOISE_KIND_FIELDS, default="gaussian"),
     "noise.schedule": fields.choice(*NOISE_SCHEDULES),
     "noise.eta": fields.number(0),
     "noise.gamma": fields.number(0),
     "noise.std": fields.number(0),
-    "train.runs_per_batch": fields.integer(1),
+    "noise.temperature": fields.number(0, default=0.0),
+    "noise.sigma": fields.number(0, default=0.0),
+    "noise.relative_to": fields.choice("gradient", "params", default="gradient"),
+    "noise.radius": fields.number(0, default=0.0),
+    "noise.grad_threshold": fields.number(0, inf="no gradient test", default=float("inf")),
+    "noise.wait": fields.integer(0, 2**31 - 1, default=0),
+    "train.runs_per_batch": fields.optional(fields.integer(1, default=None),
+                                            "chosen from the device's memory"),
     "train.eval_every_epochs": fields.integer(1),
     "train.eval_batch_size": fields.integer(1),
     "train.checkpoint_every_epochs": fields.integer(0),
+    "train.diagnostics": fields.flag(default=True),
+    "train.diagnostics_per_leaf": fields.flag(default=False),
 }
+
+
+def field_value(config: ml_collections.ConfigDict | GroupConfig, name: str) -> Any:
+  """Trainer field ``name`` (dotted) of ``config``, or its declared default where the
+  config lacks it (a config written before the field existed; runs get every default
+  from ``fields.complete``, configs built in code may not)."""
+  *path, leaf = name.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  return node.get(leaf, FIELDS[name].default)
 
 
 def validate(config: ml_collections.ConfigDict, experiment: Experiment,
@@ -84,18 +129,31 @@ def validate(config: ml_collections.ConfigDict, experiment: Experiment,
   """
   fields.check(config, {**FIELDS, **experiment.fields}, source,
                owner=f"the trainer or experiment {experiment.name!r}")
+  optimizer = getattr(optax, config.optimizer.name)
+  if (field_value(config, "optimizer.eps") is not None
+      and "eps" not in _params(optimizer)):
+    raise UsageError(f"config field optimizer.eps={config.optimizer.eps}{source('optimizer.eps')}"
+                     f": optax.{config.optimizer.name} takes no eps; accepted: None, or an "
+                     "optimizer with an eps (adam, adamw, adagrad, rmsprop, ...).",
+                     field="optimizer.eps")
   experiment.validate(config)
 
 
 def unused_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
   """Trainer fields that ``config`` does not use, each with the reason: a sweep over one
   of them would give runs that repeat each other."""
-  unused = {}
-  if config.noise.schedule == "annealed":
+  kind = field_value(config, "noise.kind")
+  used = NOISE_KIND_FIELDS[kind]
+  reason = f"noise.kind={kind!r} uses {', '.join(used)}"
+  unused = {name: reason for kinds in NOISE_KIND_FIELDS.values() for name in kinds
+            if name not in used}
+  if kind == "gaussian" and config.noise.schedule == "annealed":
     unused["noise.std"] = "noise.schedule='annealed' uses noise.eta and noise.gamma"
-  else:
+  elif kind == "gaussian":
     reason = f"noise.schedule={config.noise.schedule!r} uses noise.std"
     unused.update({"noise.eta": reason, "noise.gamma": reason})
+  if not field_value(config, "train.diagnostics"):
+    unused["train.diagnostics_per_leaf"] = "train.diagnostics=False logs no diagnostics"
   if config.clip.norm is None or config.clip.norm == float("inf"):
     reason = f"clip.norm={config.clip.norm} means no clipping"
     unused.update({"clip.per_leaf": reason, "clip.norm_kind": reason})
@@ -155,6 +213,10 @@ def run_hparams(config: ml_collections.ConfigDict, experiment: Experiment) -> di
       "eta": np.float32(config.noise.eta),
       "gamma": np.float32(config.noise.gamma),
       "std": np.float32(config.noise.std),
+      "temperature": np.float32(field_value(config, "noise.temperature")),
+      "sigma": np.float32(field_value(config, "noise.sigma")),
+      "radius": np.float32(field_value(config, "noise.radius")),
+      "grad_threshold": np.float32(field_value(config, "noise.grad_threshold")),
       "clip_norm": np.float32(np.inf if config.clip.norm is None else config.clip.norm),
   }
   for name, value in experiment.hparams(config).items():
@@ -162,15 +224,39 @@ def run_hparams(config: ml_collections.ConfigDict, experiment: Experiment) -> di
   return hp
 
 
+class Stages(NamedTuple):
+  """One run's optimizer as its three stages, applied in this order (Neelakantan et al.
+  2015, sec. 2); ``optax.chain(*stages)`` is the optimizer itself.
+
+  Attributes:
+    clip: raw gradient -> clipped gradient (stateless).
+    noise: clipped gradient -> noisy gradient (``noise.kind``; the identity for
+      ``weight``, whose noise perturbs the parameters instead, :func:`weight_noise`).
+    optimizer: noisy gradient -> parameter update (the optax optimizer).
+  """
+
+  clip: optax.GradientTransformation
+  noise: optax.GradientTransformation
+  optimizer: optax.GradientTransformation
+
+
 def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
                    noise_key: jax.Array, steps_per_epoch: int) -> optax.GradientTransformation:
-  """clip -> noise -> optimizer (Neelakantan et al. 2015, sec. 2) from traced values.
+  """clip -> noise -> optimizer (Neelakantan et al. 2015, sec. 2) from traced values:
+  ``optax.chain`` of :func:`make_stages`, whose state is the tuple of the stages' states."""
+  return optax.chain(*make_stages(config, hp, noise_key, steps_per_epoch))
+
+
+def make_stages(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
+                noise_key: jax.Array, steps_per_epoch: int) -> Stages:
+  """The clip, noise and optimizer stages of one run, from traced values.
 
   With ``optimizer.decay_every_epochs`` = N > 0 the learning rate of epoch e is
   ``learning_rate * decay_factor ** floor((s + decay_offset_epochs) / N)``, s = e before
   ``hp["restart_epoch"]`` (optimizer.restart_epoch) and e - restart_epoch from it on: a
   fresh schedule from that epoch, as MemN2N's softmax stage after linear start. Clipping
-  uses the Frobenius or spectral norm (``clip.norm_kind``), per leaf or global.
+  uses the Frobenius or spectral norm (``clip.norm_kind``), per leaf or global; a clip
+  norm of inf returns the gradient bit for bit. The noise stage is :func:`noise_stage`.
   """
   learning_rate: Any = hp["learning_rate"]
   every = config.optimizer.decay_every_epochs
@@ -185,18 +271,65 @@ def make_optimizer(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
 
     learning_rate = schedule
 
-  optimizer = getattr(optax, config.optimizer.name)(learning_rate=learning_rate)
-  clip_norm, clip = hp["clip_norm"], []
+  return Stages(make_clip(config, hp), noise_stage(config, hp, noise_key, learning_rate),
+                make_update(config, learning_rate))
+
+
+def make_update(config: ml_collections.ConfigDict,
+                learning_rate: Any) -> optax.GradientTransformation:
+  """``optax.<optimizer.name>(learning_rate, eps=optimizer.eps)``, then with
+  ``optimizer.momentum`` = mu the heavy-ball average of its updates,
+  u_t = d_t + mu * u_{t-1} (``optax.trace``; for sgd the same as its own momentum), as
+  GRU4Rec's Adagrad with momentum (Hidasi et al. 2015, sec. 4)."""
+  factory = getattr(optax, config.optimizer.name)
+  eps = field_value(config, "optimizer.eps")
+  optimizer = factory(learning_rate=learning_rate, **({} if eps is None else {"eps": eps}))
+  momentum = field_value(config, "optimizer.momentum")
+  return optimizer if momentum is None else optax.chain(optimizer, optax.trace(momentum))
+
+
+def make_clip(config: ml_collections.ConfigDict,
+              hp: dict[str, jax.Array]) -> optax.GradientTransformation:
+  """Clipping by the traced ``hp["clip_norm"]``: Frobenius or spectral norm
+  (``clip.norm_kind``), per leaf or global."""
   if config.clip.get("norm_kind", "frobenius") == "spectral":
-    clip_norm, clip = None, [gradnoise.clip_by_spectral_norm(hp["clip_norm"],
-                                                             config.clip.per_leaf)]
-  if config.noise.schedule == "constant":
-    noise = {"schedule": gradnoise.constant_std(hp["std"])}
-  else:
-    noise = {"eta": hp["eta"], "gamma": hp["gamma"]}
-  tx = gradnoise.noisy(optimizer, key=noise_key, clip_norm=clip_norm,
-                       clip_per_leaf=config.clip.per_leaf, **noise)
-  return optax.chain(*clip, tx) if clip else tx
+    return gradnoise.clip_by_spectral_norm(hp["clip_norm"], config.clip.per_leaf)
+  if config.clip.per_leaf:
+    return gradnoise.clip_by_leaf_norm(hp["clip_norm"])
+  return gradnoise.clip_by_global_norm(hp["clip_norm"])
+
+
+def noise_stage(config: ml_collections.ConfigDict, hp: dict[str, jax.Array],
+                noise_key: jax.Array, learning_rate: Any) -> optax.GradientTransformation:
+  """The gradient noise transform of ``noise.kind``, its strengths traced from ``hp``.
+
+  gaussian: :func:`gradnoise.add_gradient_noise`, sigma_t^2 = eta / (1 + t)^gamma
+  (``noise.schedule='annealed'``) or sigma_t = std (``'constant'``); langevin:
+  :func:`gradnoise.add_langevin_noise` at ``learning_rate`` (the optimizer's rate or
+  schedule) and temperature T; anticorrelated, multiplicative and relative (``relative_to``):
+  their ``gradnoise.add_*_noise`` at sigma; perturbed: :func:`gradnoise.add_pgd_perturbation`
+  (radius, grad_threshold, wait); weight: the identity (:func:`weight_noise` perturbs the
+  parameters). Every kind draws from ``noise_key`` as a pure function of (key, update t).
+  """
+  kind = field_value(config, "noise.kind")
+  if kind == "gaussian" and config.noise.schedule == "constant":
+    return gradnoise.add_gradient_noise(schedule=gradnoise.constant_std(hp["std"]),
+                                        key=noise_key)
+  if kind == "gaussian":
+    return gradnoise.add_gradient_noise(hp["eta"], hp["gamma"], noise_key)
+  if kind == "langevin":
+    return gradnoise.add_langevin_noise(learning_rate, hp["temperature"], noise_key)
+  if kind == "anticorrelated":
+    return gradnoise.add_anticorrelated_noise(hp["sigma"], noise_key)
+  if kind == "multiplicative":
+    return gradnoise.add_multiplicative_noise(hp["sigma"], noise_key)
+  if kind == "relative":
+    return gradnoise.add_relative_noise(hp["sigma"], noise_key,
+                                        relative_to=field_value(config, "noise.relative_to"))
+  if kind == "perturbed":
+    return gradnoise.add_pgd_perturbation(hp["radius"], hp["grad_threshold"],
+                                          field_value(config, "noise.wait"), noise_key)
+  return optax.identity()
 
 
 class RunState(NamedTuple):
@@ -254,6 +387,13 @@ def take(spec: GroupSpec, arrays: dict[str, Any], hp: dict[str, jax.Array],
   return {k: v[index] for k, v in arrays.items()}
 
 
+def epoch_order(spec: GroupSpec, hp: dict[str, jax.Array], epoch: Any) -> jax.Array:
+  """Example indices [steps, batch_size] of an epoch: the experiment's ``batch_order``
+  (e.g. session-parallel batches in a fixed order) or, by default, :func:`batch_order`."""
+  order = spec.experiment.batch_order or batch_order
+  return order(hp, epoch, spec.num_train, spec.steps, spec.batch_size)
+
+
 def freeze(diverged: jax.Array, old: Any, new: Any) -> Any:
   """``old`` where the run has diverged, else ``new`` (leaf by leaf)."""
   return jax.tree.map(lambda o, n: jax.lax.select(diverged, o, n), old, new)
@@ -265,7 +405,7 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], train_data: dict[str, An
   The sample batch is the first batch of the run's epoch 0.
   """
   key = _stream(hp, STREAM_INIT)
-  first = batch_order(hp, 0, spec.num_train, spec.steps, spec.batch_size)[0]
+  first = epoch_order(spec, hp, 0)[0]
   batch = take(spec, train_data, hp, first)
   params = spec.experiment.init_params(key, batch, hp, spec.config)
   tx = make_optimizer(spec.config, hp, _stream(hp, STREAM_NOISE), spec.steps)
@@ -274,21 +414,132 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], train_data: dict[str, An
   return RunState(params, tx.init(params), jnp.zeros([], bool), extra)
 
 
-def train_step(spec: GroupSpec, tx: optax.GradientTransformation, state: RunState,
-               batch: dict[str, jax.Array], key: jax.Array,
-               hp: dict[str, jax.Array]) -> tuple[RunState, dict[str, jax.Array]]:
-  """One update of one run: loss and gradient, clip -> noise -> optimizer, extra state.
+def weight_noise(params: Any, hp: dict[str, jax.Array], step: jax.Array) -> Any:
+  """The parameters at which ``noise.kind='weight'`` evaluates the gradient of step t:
 
-  A run whose loss, any gradient or any new parameter is non-finite is marked diverged and
-  keeps its last finite state. Returns the new state and the step's metrics (loss, aux).
+      theta_t + sigma * xi_t,    xi_t ~ N(0, I),
+
+  weight noise (Graves 2011, "Practical Variational Inference for Neural Networks", NIPS;
+  Orvieto et al. 2023, "Explicit Regularization in Overparametrized Models via Noise
+  Injection", AISTATS): the update computed from that gradient is applied to the
+  unperturbed theta_t. xi_t is the unit noise of :func:`gradnoise.add_gradient_noise` at
+  update ``step`` for the key ``fold_in(key(seed), STREAM_WEIGHT_NOISE)``: one normal per
+  element of each inexact leaf, of its shape, in float32 (float64 for float64 leaves), a
+  pure function of (seed, t). With sigma = ``hp["sigma"]`` = 0 the parameters are returned
+  bit for bit; integer and bool leaves pass through.
+  """
+  leaves, treedef, inexact = split_leaves(params)
+  xi = unit_noise_at(_stream(hp, STREAM_WEIGHT_NOISE), step, leaves, inexact, "auto")
+  sigma = hp["sigma"]
+  leaves = [add_where(p, sigma.astype(u.real.dtype) * u, sigma > 0) if n else p
+            for p, n, u in zip(leaves, inexact, xi)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _leaf_name(path: tuple) -> str:
+  """``layer_0/kernel`` for the tree path of a leaf."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
+
+
+def _sum_squares(x: jax.Array) -> jax.Array:
+  """sum |x|^2 in x's working dtype (float32; float64 for float64/complex128 leaves).
+
+  A dot product, not a reduction: XLA would fuse a reduction with the noise stages' own
+  reductions over the same gradient (relative, perturbed) and change their rounding.
+  """
+  parts = (x.real, x.imag) if jnp.iscomplexobj(x) else (x,)
+  flat = [jnp.ravel(p).astype(_working_dtype(x.dtype)) for p in parts]
+  return sum(jnp.dot(f, f, precision=jax.lax.Precision.HIGHEST) for f in flat)
+
+
+def _ratio(noise: jax.Array, grad: jax.Array) -> jax.Array:
+  """noise / grad, with 0 / 0 = 0 (no noise on a zero gradient); x / 0 = inf for x > 0."""
+  return jnp.where(noise == 0, 0, noise / grad)
+
+
+def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool) -> dict[str, jax.Array]:
+  """One step's diagnostics (scalars; ``train_epoch`` logs their epoch mean and max).
+
+  Over the inexact leaves of the trees (each shaped as the parameters), in float32
+  (float64 for float64 leaves):
+
+      grad_norm = ||g||,  clipped_grad_norm = ||clip(g)||,  noise_norm = ||n||,
+      noise_to_grad = ||n|| / ||clip(g)|| (0 when ||n|| = 0, inf when only ||clip(g)|| = 0),
+      clipped_fraction = 1 if ||clip(g)_leaf||^2 < (1 - CLIPPED_RTOL) ||g_leaf||^2 for
+        any leaf (clipping shrank it), else 0,
+
+  ||.|| the global L2 norm and n the injected noise: the noisy minus the clipped gradient,
+  or for weight noise the parameter perturbation. With ``per_leaf``, also
+  ``<name>/<leaf path>`` (e.g. ``noise_norm/layer_0/kernel``) for the four norms and
+  ratio, each leaf's own. clipped_fraction compares norms, not elements: an elementwise
+  comparison of clip(g) with g makes XLA compile the noise stages that reduce over clip(g)
+  (relative, perturbed) differently, changing the training numbers by an ulp.
+  """
+  paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(grads)]
+  grads = [jnp.asarray(x) for x in jax.tree.leaves(grads)]
+  clipped = [jnp.asarray(x) for x in jax.tree.leaves(clipped)]
+  noise = [jnp.asarray(x) for x in jax.tree.leaves(noise)]
+  inexact = [i for i, x in enumerate(grads) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  squares = {name: [_sum_squares(tree[i]) for i in inexact]
+             for name, tree in [("grad_norm", grads), ("clipped_grad_norm", clipped),
+                                ("noise_norm", noise)]}
+  out = {name: jnp.sqrt(sum(s)) for name, s in squares.items()}
+  out["noise_to_grad"] = _ratio(out["noise_norm"], out["clipped_grad_norm"])
+  changed = [c < g * (1 - CLIPPED_RTOL)
+             for c, g in zip(squares["clipped_grad_norm"], squares["grad_norm"])]
+  out["clipped_fraction"] = jnp.stack(changed).any().astype(jnp.float32)
+  if per_leaf:
+    for j, i in enumerate(inexact):
+      leaf = {name: jnp.sqrt(s[j]) for name, s in squares.items()}
+      leaf["noise_to_grad"] = _ratio(leaf["noise_norm"], leaf["clipped_grad_norm"])
+      out.update({f"{name}/{_leaf_name(paths[i])}": v for name, v in leaf.items()})
+  return out
+
+
+def _difference(a: Any, b: Any) -> Any:
+  """a - b leaf by leaf, inexact leaves in their working dtype (others: zeros)."""
+  def diff(x, y):
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      return jnp.zeros(x.shape, jnp.float32)
+    work = jnp.promote_types(x.dtype, _working_dtype(x.dtype))
+    return x.astype(work) - y.astype(work)
+  return jax.tree.map(diff, a, b)
+
+
+def train_step(spec: GroupSpec, stages: Stages, state: RunState,
+               batch: dict[str, jax.Array], key: jax.Array, hp: dict[str, jax.Array],
+               step: jax.Array) -> tuple[RunState, dict[str, jax.Array]]:
+  """Update ``step`` (0-based over the run) of one run: loss and gradient, clip -> noise
+  -> optimizer, extra state.
+
+  With ``noise.kind='weight'`` the gradient is taken at :func:`weight_noise` of the
+  parameters. A run whose loss, any gradient or any new parameter is non-finite is marked
+  diverged and keeps its last finite state. Returns the new state and the step's metrics:
+  loss, aux and, with ``train.diagnostics``, :func:`diagnostics` (the stages are applied
+  one by one as ``optax.chain`` would, so diagnostics on or off give the same numbers).
   """
   experiment, config = spec.experiment, spec.config
+  weight = field_value(config, "noise.kind") == "weight"
+  at = weight_noise(state.params, hp, step) if weight else state.params
   (loss, aux), grads = jax.value_and_grad(experiment.loss_fn, has_aux=True)(
-      state.params, batch, key, {**hp, **state.extra}, config)
+      at, batch, key, {**hp, **state.extra}, config)
   aux = dict(aux)
   extra = {**state.extra, **aux.pop(STATE_KEY, {})}
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  clip_state, noise_state, inner_state = state.opt_state
+  clipped, clip_state = stages.clip.update(grads, clip_state, state.params)
+  noisy, noise_state = stages.noise.update(clipped, noise_state, state.params)
+  updates, inner_state = stages.optimizer.update(noisy, inner_state, state.params)
+  opt_state = (clip_state, noise_state, inner_state)
   params = optax.apply_updates(state.params, updates)
+  diagnosed = {}
+  if field_value(config, "train.diagnostics"):
+    # The barrier keeps XLA from fusing the diagnostics' reductions with the stages' own
+    # (e.g. perturbed's gradient norm), which can change the training numbers by an ulp.
+    noise = _difference(at, state.params) if weight else _difference(noisy, clipped)
+    diagnosed = diagnostics(grads, clipped, noise,
+                            field_value(config, "train.diagnostics_per_leaf"))
   if experiment.state and experiment.state.after_step:
     extra = experiment.state.after_step(extra, aux, {**hp, **state.extra}, config)
   # One reduction per leaf, fused with the ops producing them. Clipping could hide an inf
@@ -299,7 +550,7 @@ def train_step(spec: GroupSpec, tx: optax.GradientTransformation, state: RunStat
   new_state = RunState(freeze(diverged, state.params, params),
                        freeze(diverged, state.opt_state, opt_state), diverged,
                        freeze(diverged, state.extra, extra))
-  return new_state, {"loss": loss, **aux}
+  return new_state, {"loss": loss, **aux, **diagnosed}
 
 
 def train_epoch(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
@@ -307,22 +558,28 @@ def train_epoch(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
                 epoch: jax.Array) -> tuple[RunState, dict[str, jax.Array]]:
   """One epoch of one run: ``train_step`` scanned over the epoch's batches.
 
-  Returns the state and the epoch's metrics: ``train_<name>`` (mean over steps) and
-  ``state_<name>`` (scalar entries of the extra state).
+  Returns the state and the epoch's metrics: ``train_<name>`` (mean over steps),
+  ``train_<name>_max`` (max over steps) for the diagnostics in ``DIAGNOSTICS_WITH_MAX``
+  (``train_<name>_max/<leaf>`` per leaf) and ``state_<name>`` (scalar entries of the
+  extra state).
   """
   hp = {**hp, "epoch": epoch}
-  tx = make_optimizer(spec.config, hp, _stream(hp, STREAM_NOISE), spec.steps)
-  order = batch_order(hp, epoch, spec.num_train, spec.steps, spec.batch_size)
+  stages = make_stages(spec.config, hp, _stream(hp, STREAM_NOISE), spec.steps)
+  order = epoch_order(spec, hp, epoch)
   dropout_stream = _stream(hp, STREAM_DROPOUT)
 
   def step(state, inputs):
     indices, step_num = inputs
-    return train_step(spec, tx, state, take(spec, train_data, hp, indices),
-                      jax.random.fold_in(dropout_stream, step_num), hp)
+    return train_step(spec, stages, state, take(spec, train_data, hp, indices),
+                      jax.random.fold_in(dropout_stream, step_num), hp, step_num)
 
   step_nums = epoch * spec.steps + jnp.arange(spec.steps)
   state, per_step = jax.lax.scan(step, state, (order, step_nums))
   metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
+  for k, v in per_step.items():
+    name, slash, leaf = k.partition("/")
+    if name in DIAGNOSTICS_WITH_MAX and field_value(spec.config, "train.diagnostics"):
+      metrics[f"train_{name}_max{slash}{leaf}"] = jnp.max(v)
   metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
                   for k, v in state.extra.items() if getattr(v, "ndim", None) == 0})
   return state, metrics
@@ -479,7 +736,8 @@ def train_group(
 ) -> dict[int, dict[str, Any]]:
   """Trains the runs of one compile group; returns run id -> final results.
 
-  The runs go in batches of ``train.runs_per_batch``, each padded to a multiple of the
+  The runs go in batches of ``train.runs_per_batch`` (None: chosen from the device's
+  memory, ``devices.runs_per_batch``), each padded to a multiple of the
   device count and sharded over the devices. A batch whose runs are all in ``finished`` is
   skipped. With ``checkpoint_dir``, each batch resumes from its newest checkpoint (written
   with the same ``checkpoint_tag``, which identifies the sweep) and saves
@@ -496,7 +754,9 @@ def train_group(
   results: dict[int, dict[str, Any]] = {}
   epoch_seconds: list[float] = []  # of the first two epochs of the first batch trained
 
-  for batch in batches_of_runs(len(runs), config.train.runs_per_batch):
+  from gradnoise import devices
+  per_batch = devices.runs_per_batch(experiment, config, data, len(runs))
+  for batch in batches_of_runs(len(runs), per_batch):
     ids = [runs[i][0] for i in batch]
     if all(i in finished for i in ids):
       callbacks.on_progress(len(ids) * config.num_epochs * program.steps_per_epoch, {})

@@ -30,12 +30,12 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from gradnoise import results_format
 from gradnoise.errors import UsageError
+from gradnoise.results_format import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from gradnoise.sweep import get_field
 
-CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.csv", "metrics.jsonl"
 TENSORBOARD_DIR, CHECKPOINT_DIR = "tensorboard", "checkpoints"
-RESULT_METRICS = ("test_accuracy", "best_test_accuracy", "train_loss")
 LOCK_FILE = ".gradnoise.lock"
 WRITER = "gradnoise"  # config.json's "written_by" marks a work dir as ours
 _OWN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, LOCK_FILE)
@@ -215,14 +215,6 @@ def environment_differences(stored: dict[str, Any], current: dict[str, Any]) -> 
     old = {k: v for k, v in old.items() if v is not None}
   return [f"{k} {old.get(k, '(not recorded)')} -> {current.get(k, '(absent)')}"
           for k in sorted(set(old) | set(current)) if old.get(k) != current.get(k)]
-
-
-def format_value(value: Any) -> str:
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, float):
-    return repr(value) if math.isfinite(value) else str(value)
-  return str(value)
 
 
 class WorkDir:
@@ -405,12 +397,13 @@ class WorkDir:
       rows = list(csv.reader(f))
     try:
       header = rows[0]
-      first_metric = header.index("seed") + 1
+      _, metrics = results_format.split_columns(header)
       results = {}
       for row in rows[1:]:
-        if len(row) != len(header) or row[-1] not in ("true", "false"):
+        if len(row) != len(header) or row[-1] not in ("true", "false"):  # diverged: last
           raise ValueError(f"line {rows.index(row) + 1} has {len(row)} cells: {row[:3]}")
-        result = {k: float(v) for k, v in zip(header[first_metric:-1], row[first_metric:-1])}
+        cells = dict(zip(header, row))
+        result = {m: float(cells[m]) for m in metrics}
         result["diverged"] = row[-1] == "true"
         results[int(row[0])] = result
     except (IndexError, ValueError) as e:
@@ -436,20 +429,20 @@ class WorkDir:
     with open(self.file(METRICS_FILE), "a") as f:
       f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
 
-  def write_results(self, fields: Sequence[str], runs: Sequence[ml_collections.ConfigDict],
+  def write_results(self, swept: Sequence[str], runs: Sequence[ml_collections.ConfigDict],
                     results: dict[int, dict[str, Any]]) -> None:
-    """results.csv: one row per finished run (its swept fields, seed, metrics, diverged)."""
-    metrics = [m for m in RESULT_METRICS if any(m in r for r in results.values())]
-    for result in results.values():
-      metrics += [k for k in result if k not in metrics and k != "diverged"]
+    """results.csv (:mod:`gradnoise.results_format`): one row per finished run."""
+    metrics = results_format.metric_columns(results.values())
+    header = results_format.results_columns(swept, metrics)
+    fields = header[1:header.index(results_format.SEED) + 1]  # the swept fields and seed
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(list(fields) + metrics + ["diverged"])
+    writer.writerow(header)
     for run_id in sorted(results):
       config, result = runs[run_id], results[run_id]
-      row = [run_id] + [get_field(config, f) for f in fields[1:]]
+      row = [run_id] + [get_field(config, f) for f in fields]
       row += [result.get(m, float("nan")) for m in metrics] + [result["diverged"]]
-      writer.writerow([format_value(v) for v in row])
+      writer.writerow([results_format.format_cell(v) for v in row])
     write_atomic(self.file(RESULTS_FILE), out.getvalue())
 
 
@@ -469,7 +462,7 @@ class TensorBoardWriter:
     if run not in self.writers:
       self.writers[run] = SummaryWriter(os.path.join(self.directory, f"run_{run}"))
     for name, value in row.items():
-      if name not in ("run", "epoch", "step") and math.isfinite(value):
+      if name not in results_format.ROW_KEYS and math.isfinite(value):
         self.writers[run].add_scalar(name, value, row["step"])
 
   def close(self, failing: bool = False) -> None:

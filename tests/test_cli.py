@@ -80,27 +80,27 @@ def snapshot(folder):
 def test_end_to_end_outputs_and_overrides(tmp_path):
   workdir = tmp_path / "wd"
   proc = run_cli(*SMALL, "--config.noise.gamma=0.5", workdir=workdir, check=True)
-  assert "plan: 16 runs in 1 compile group(s)" in proc.stdout
+  assert "plan: 24 runs in 2 compile group(s)" in proc.stdout
   assert "data: MNIST" in proc.stdout and "shipped" in proc.stdout
   assert "test_accuracy over seeds" in proc.stdout
   record = json.loads((workdir / "config.json").read_text())
   assert record["config"]["noise"]["gamma"] == 0.5  # command-line override applied
   assert record["config"]["model"]["depth"] == 3
-  assert len(record["sweep"]) == 16 and record["environment"]["jax"]
+  assert len(record["sweep"]) == 24 and record["environment"]["jax"]
   rows = read_csv(workdir / "results.csv")
-  assert len(rows) == 16
+  assert len(rows) == 24
   assert list(rows[0])[:4] == ["run", "model.init", "noise.eta", "seed"]
   for column in ("test_accuracy", "best_test_accuracy", "train_loss", "diverged"):
     assert column in rows[0]
   assert {r["noise.eta"] for r in rows} == {"0.0", "0.01"}
   assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert len(metrics) == 16 * 2 and {m["epoch"] for m in metrics} == {1, 2}
+  assert len(metrics) == 24 * 2 and {m["epoch"] for m in metrics} == {1, 2}
   assert os.listdir(workdir / "tensorboard")  # event files, one dir per run
   # The same command again finds every run finished and changes nothing.
   before = snapshot(workdir)
   again = run_cli(*SMALL, "--config.noise.gamma=0.5", workdir=workdir, check=True)
-  assert "16 of 16 runs finished" in again.stdout
+  assert "24 of 24 runs finished" in again.stdout
   assert snapshot(workdir)["results.csv"] == before["results.csv"]
   assert snapshot(workdir)["config.json"] == before["config.json"]
 
@@ -187,7 +187,7 @@ def test_help_exits_0_and_lists_the_variants():
   proc = run_cli("--help", "--config=configs/mnist_mlp.py")
   assert proc.returncode == 0
   assert "--workdir" in proc.stdout and "--overwrite" in proc.stdout
-  assert "variants of configs/mnist_mlp.py: quick, table1, table1_small" in proc.stdout
+  assert "variants of configs/mnist_mlp.py: quick, table1, table1_small, noise_family" in proc.stdout
 
 
 def test_corrupt_data_file_is_reported(tmp_path):
@@ -563,7 +563,7 @@ def test_kill_and_resume_gives_identical_results(tmp_path):
   assert proc.poll() is None, "the run ended before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert len(read_csv(workdir / "results.csv")) < 16
+  assert len(read_csv(workdir / "results.csv")) < 24
   resumed = run_cli(*RESUME, workdir=workdir, check=True, timeout=600)
   assert "resuming" in resumed.stdout
   assert (workdir / "results.csv").read_text() == (reference / "results.csv").read_text()

@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 CONFIG_FILES = [f for f in CONFIG_FILES if not f.endswith("__init__.py")]
 # Fields the base config must set to something valid for the others to be checked.
-REQUIRED = {"memnet": {"data.path": "/nonexistent/babi"}}
+REQUIRED = {"memnet": {"data.path": "/nonexistent/babi"},
+            "gru4rec": {"data.path": "/nonexistent/sessions.csv"}}
 
 
 def _module(path):

@@ -44,7 +44,7 @@ def test_two_processes_equal_one(tmp_path):
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-  assert "plan: 16 runs" in outputs[0] and "plan:" not in outputs[1]  # process 0 reports
+  assert "plan: 24 runs" in outputs[0] and "plan:" not in outputs[1]  # process 0 reports
   single = str(tmp_path / "single")
   subprocess.run([sys.executable, "-m", "gradnoise.run", *ARGS, f"--workdir={single}"],
                  cwd=REPO, env=env(4), check=True, capture_output=True, timeout=300)

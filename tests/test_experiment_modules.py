@@ -104,7 +104,7 @@ def test_an_unknown_experiment_lists_the_built_in_ones(tmp_path):
                    "--config.experiment=mnist_mpl", f"--workdir={tmp_path / 'wd'}"],
                   io.StringIO(), err)
   assert code == 2
-  assert "built-in experiment (memnet, mnist_mlp, neural_gpu)" in err.getvalue()
+  assert "built-in experiment (gru4rec, memnet, mnist_mlp, neural_gpu, neural_programmer, nram)" in err.getvalue()
   assert "(from --config.experiment)" in err.getvalue()
 
 

@@ -16,6 +16,7 @@ from scipy import stats
 
 from gradnoise import report
 from gradnoise.errors import UsageError
+from gradnoise.report.__main__ import parse_thresholds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN = math.nan
@@ -37,10 +38,12 @@ def fmt(value):
 
 
 def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=True,
-                  noise=lambda level: {"noise.eta": level}, schedule=None):
+                  noise=lambda level: {"noise.eta": level}, schedule=None, base=None,
+                  metrics=lambda run_id, level, step: {}):
   """A work dir of the sweep init x noise level x seeds; results for the first ``finished``
   runs. ``noise``: a level's overrides; ``schedule``: the base config's noise.schedule (the
-  base config's noise.eta and noise.std are nonzero)."""
+  base config's noise.eta and noise.std are nonzero); ``base``: more base config fields;
+  ``metrics``: more metrics.jsonl values of a run, noise level and step."""
   seeds = list(seeds)
   inits = list(dict.fromkeys(k[0] for k in acc))
   levels = list(dict.fromkeys(k[1] for k in acc))
@@ -51,6 +54,7 @@ def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=Tru
             "optimizer": {"learning_rate": 0.1}, "seed": 0}
   if schedule:
     config["noise"]["schedule"] = schedule
+  config.update(base or {})
   swept = list(dict.fromkeys(k for o in sweep for k in o if k != "seed"))
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
@@ -72,7 +76,8 @@ def write_workdir(path, acc=ACC, seeds=range(4), finished=None, partial_line=Tru
         a = acc[(i, level)][seeds.index(s)]
         f.write(json.dumps({"run": run_id, "step": step, "epoch": step // 100,
                             "train_loss": (1 + run_id / 10) / step,
-                            "test_accuracy": a * step / STEPS[-1]}) + "\n")
+                            "test_accuracy": a * step / STEPS[-1],
+                            **metrics(run_id, level, step)}) + "\n")
     if partial_line:
       f.write('{"run": 0, "step": 40')
   return path
@@ -347,6 +352,44 @@ def test_unknown_schedule_is_usage_error(tmp_path):
   assert analyze([wd], noise_field="noise.eta").settings[0].arms[1].label == "noise"
 
 
+def test_noise_kinds_are_arms_paired_with_no_noise(tmp_path):
+  # A family sweep: no noise, gaussian eta, and two kinds at the same sigma.
+  noise = {"off": {"noise.kind": "gaussian", "noise.eta": 0.0},
+           "eta": {"noise.kind": "gaussian", "noise.eta": 0.01},
+           "anti": {"noise.kind": "anticorrelated", "noise.sigma": 0.1},
+           "mult": {"noise.kind": "multiplicative", "noise.sigma": 0.1}}
+  acc = {("simple", k): v for k, v in
+         {"off": [0.5, 0.6], "eta": [0.7, 0.9], "anti": [0.6, 0.6], "mult": [0.4, 0.5]}.items()}
+  wd = write_workdir(str(tmp_path / "wd"), acc, seeds=range(2), noise=noise.get)
+  out = str(tmp_path / "out")
+  text = report.make_report([wd], out, plots=False)
+  rep = analyze([wd])
+  assert rep.group_by == ["model.init"]
+  assert rep.noise_field == ("noise.eta (noise.schedule=annealed), noise.sigma "
+                             "(noise.kind=anticorrelated), noise.sigma (noise.kind=multiplicative)")
+  assert [(a.arm.label, a.runs) for a in rep.arms] == [
+      ("no noise", 2), ("anticorrelated (sigma 0.1)", 2), ("gaussian (eta 0.01)", 2),
+      ("multiplicative (sigma 0.1)", 2)]
+  assert [(p.arm.label, p.pairs) for p in rep.pairs] == [
+      ("anticorrelated (sigma 0.1)", 2), ("gaussian (eta 0.01)", 2),
+      ("multiplicative (sigma 0.1)", 2)]
+  assert [p.mean_diff for p in rep.pairs] == pytest.approx([0.05, 0.25, -0.1])
+  assert "| model.init=simple | multiplicative (sigma 0.1) | 2 | -0.1 |" in text
+  with open(os.path.join(out, "summary.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["noise_field"] for r in rows] == [
+      "", "noise.sigma (anticorrelated)", "noise.eta", "noise.sigma (multiplicative)"]
+
+
+def test_report_knows_each_kinds_level_field():
+  from gradnoise import trainer
+  from gradnoise.report import group
+  assert set(group.KIND_NOISE_FIELDS) | {group.GAUSSIAN} == set(trainer.NOISE_KIND_FIELDS)
+  for kind, field in group.KIND_NOISE_FIELDS.items():
+    assert field in trainer.NOISE_KIND_FIELDS[kind]
+  assert set(group.SCHEDULE_NOISE_FIELDS) == set(trainer.NOISE_SCHEDULES)
+
+
 def test_single_run_has_blank_ci(tmp_path):
   rep = analyze([write_workdir(str(tmp_path / "wd"), {("simple", 0.0): [0.5]}, range(1))])
   (a,) = rep.arms
@@ -361,7 +404,7 @@ def test_single_run_has_blank_ci(tmp_path):
     (lambda wd: analyze([wd], metric="acc"), "available: test_accuracy, best_test_accuracy"),
     (lambda wd: analyze([wd], group_by=["model.width"]), "known fields: "),
     (lambda wd: analyze([wd], noise_field="noise.sigma"), "unknown field 'noise.sigma'"),
-    (lambda wd: report.parse_thresholds("0.01,abc"), "'abc' is not a finite number"),
+    (lambda wd: parse_thresholds("0.01,abc"), "'abc' is not a finite number"),
     (lambda wd: report.make_report([wd], wd + "/out", curves=["valid_loss"]),
      "available: train_loss, test_accuracy"),
     (lambda wd: report.load_runs([os.path.dirname(wd) + "/empty"]), "no runs in"),
@@ -372,15 +415,43 @@ def test_bad_input_is_usage_error(workdir, call, message):
     call(workdir)
 
 
-def test_imports_only_allowed_modules():
-  with open(os.path.join(REPO, "gradnoise", "report.py")) as f:
+def imports(path):
+  """The modules a source file imports (``from gradnoise import x``: ``gradnoise.x``)."""
+  with open(path) as f:
     tree = ast.parse(f.read())
   modules = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import)
              for n in node.names}
-  modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom):
+      modules |= {node.module} | {f"{node.module}.{n.name}" for n in node.names
+                                  if node.module == "gradnoise"}
+  return modules
+
+
+def test_imports_only_allowed_modules():
+  package = os.path.join(REPO, "gradnoise", "report")
+  by_file = {name: imports(os.path.join(package, name)) for name in os.listdir(package)
+             if name.endswith(".py")}
+  modules = set().union(*by_file.values())
   roots = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
   assert roots <= {"numpy", "scipy", "matplotlib", "absl", "gradnoise"}
-  assert {m for m in modules if m.startswith("gradnoise")} == {"gradnoise.errors"}
+  assert {m for m in modules if m.startswith("gradnoise") and
+          not m.startswith("gradnoise.report")} == {
+      "gradnoise", "gradnoise.errors", "gradnoise.results_format", "gradnoise.experiment"}
+  # matplotlib only in plots.py, the experiment (jax) only in defaults.py
+  assert [n for n, m in by_file.items() if any(x.startswith("matplotlib") for x in m)] == \
+      ["plots.py"]
+  assert [n for n, m in by_file.items() if "gradnoise.experiment" in m] == ["defaults.py"]
+  assert imports(os.path.join(REPO, "gradnoise", "results_format.py")) <= \
+      set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_import_loads_neither_matplotlib_nor_flax():
+  code = ("import sys, gradnoise.report, gradnoise.workdir; print(sorted(m for m in "
+          "('matplotlib', 'flax', 'tensorflow_datasets') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.stdout.strip() == "[]", result.stderr
 
 
 def run_cli(*args):
@@ -405,3 +476,228 @@ def test_cli_writes_report(workdir, tmp_path):
   assert sorted(os.listdir(out)) == ["curves_00_model.init-simple.png",
                                      "curves_01_model.init-good.png",
                                      "final_test_accuracy.png", "report.md", "summary.csv"]
+
+
+# The report of the `workdir` fixture with thresholds 0.95,1 ({wd}: its path), as the single
+# report.py wrote it before the package split, but for two sentences added since: the
+# pairing rule ("Pairs: ...") and the note on the absent noise diagnostics.
+GOLDEN_MD = """\
+# Gradient noise: test_accuracy
+
+Work dirs: {wd}. Settings grouped by: model.init. Noise level: noise.eta \
+(noise.schedule=annealed); 0 or unset: no noise. test_accuracy: higher is better.
+
+## Final test_accuracy
+
+| setting | noise | runs | diverged | non-finite | best | mean | sd | 95% CI ± |
+|---|---|---|---|---|---|---|---|---|
+| model.init=simple | no noise | 4 | 0 | 0 | 0.97 | 0.91 | 0.04967 | 0.07903 |
+| model.init=simple | noise | 4 | 0 | 0 | 1 | 0.955 | 0.03697 | 0.05883 |
+| model.init=good | no noise | 4 | 0 | 0 | 1 | 0.9925 | 0.009574 | 0.01523 |
+| model.init=good | noise | 4 | 1 | 1 | 1 | 0.9967 | 0.005774 | 0.01434 |
+
+runs: finished runs. Diverged runs keep their final value. Non-finite values (NaN, inf) are \
+left out of best, mean, sd and CI (n = finite runs) and count as failures in threshold \
+counts. sd: ddof=1; 95% CI: half-width t(0.975, n-1)·sd/√n, blank for n = 1.
+
+## Runs with test_accuracy >= threshold
+
+| setting | threshold | no noise | noise |
+|---|---|---|---|
+| model.init=simple | test_accuracy >= 0.95 | 1/4 | 3/4 |
+| model.init=simple | test_accuracy >= 1 | 0/4 | 1/4 |
+| model.init=good | test_accuracy >= 0.95 | 4/4 | 3/4 |
+| model.init=good | test_accuracy >= 1 | 2/4 | 2/4 |
+
+Cells: runs meeting the threshold / finished runs; non-finite values never do.
+
+## Paired by seed: noise minus no noise
+
+| setting | noise | pairs | mean diff | t-test p | Wilcoxon p |
+|---|---|---|---|---|---|
+| model.init=simple | noise | 4 | 0.045 | 0.00606 |  |
+| model.init=good | noise | 3 | 0.006667 | 0.184 |  |
+
+Pairs: runs of one setting with the same seed and the same values of every other field \
+outside noise.* (base configs included). Two-sided paired t-test (scipy.stats.ttest_rel); \
+Wilcoxon signed-rank only with >= 6 nonzero differences. 1 pairs with a non-finite value \
+left out.
+
+## Figures
+
+![curves_00_model.init-simple.png](curves_00_model.init-simple.png)
+![curves_01_model.init-good.png](curves_01_model.init-good.png)
+![final_test_accuracy.png](final_test_accuracy.png)
+
+No noise diagnostics in metrics.jsonl (train_noise_to_grad, train_clipped_fraction, \
+train_grad_norm, train_clipped_grad_norm, train_noise_norm): no diagnostics figure.
+"""
+# summary.csv of the same report, unchanged by the split.
+GOLDEN_CSV = """\
+setting,model.init,noise_field,noise,runs,diverged,nonfinite,best,mean,sd,ci95,runs_ge_0.95,\
+runs_ge_1,pairs,mean_diff,p_ttest,p_wilcoxon,selected
+model.init=simple,simple,,0.0,4,0,0,0.97,0.9099999999999999,0.0496655480858378,\
+0.07902897000283242,1,0,,,,,
+model.init=simple,simple,noise.eta,0.01,4,0,0,1.0,0.955,0.03696845502136471,\
+0.05882506154739453,3,1,4,0.044999999999999984,0.006056848795908414,,
+model.init=good,good,,0.0,4,0,0,1.0,0.9925,0.00957427107756339,0.015234801808288137,4,2,,,,,
+model.init=good,good,noise.eta,0.01,4,1,1,1.0,0.9966666666666667,0.005773502691896262,\
+0.014342175765831553,3,2,3,0.006666666666666672,0.18350341907227397,,
+"""
+
+
+def test_outputs_unchanged_by_the_package_split(workdir, tmp_path):
+  out = str(tmp_path / "out")
+  text = report.make_report([workdir], out, thresholds=[0.95, 1.0])
+  assert text == GOLDEN_MD.format(wd=workdir)
+  with open(os.path.join(out, "summary.csv")) as f:
+    assert f.read() == GOLDEN_CSV
+  assert sorted(os.listdir(out)) == ["curves_00_model.init-simple.png",
+                                     "curves_01_model.init-good.png",
+                                     "final_test_accuracy.png", "report.md", "summary.csv"]
+
+
+def test_base_configs_that_differ_are_separate_settings(tmp_path):
+  # Same sweep and seeds, 200 epochs and 1 epoch: never one setting with 8 "paired" seeds.
+  short = {k: [a - 0.5 if math.isfinite(a) else a for a in v] for k, v in ACC.items()}
+  long_wd = write_workdir(str(tmp_path / "long"), base={"num_epochs": 200})
+  short_wd = write_workdir(str(tmp_path / "short"), short, base={"num_epochs": 1})
+  rep = analyze([long_wd, short_wd])
+  assert rep.group_by == ["model.init", "num_epochs"]
+  assert [s.label for s in rep.settings] == [
+      "model.init=simple, num_epochs=200", "model.init=good, num_epochs=200",
+      "model.init=simple, num_epochs=1", "model.init=good, num_epochs=1"]
+  assert [(p.pairs, p.dropped) for p in rep.pairs] == [(4, 0), (3, 1)] * 2
+  assert pair(rep, "model.init=simple, num_epochs=1", 0.01).mean_diff == pytest.approx(0.045)
+  # Grouped more coarsely on request, a noise run still pairs only with the no-noise run of
+  # its own num_epochs: (0.95 - 0.90) and (0.45 - 0.40), never 0.95 - 0.40.
+  rep = analyze([long_wd, short_wd], group_by=["model.init"])
+  assert arm(rep, "model.init=simple", 0.0).runs == 8
+  p = pair(rep, "model.init=simple", 0.01)
+  assert p.pairs == 8 and p.mean_diff == pytest.approx(0.045)
+
+
+def test_runs_differing_in_more_than_noise_are_not_paired(tmp_path):
+  off = write_workdir(str(tmp_path / "off"), {("simple", 0.0): [0.5, 0.6]}, range(2),
+                      base={"num_epochs": 1})
+  on = write_workdir(str(tmp_path / "on"), {("simple", 0.01): [0.7, 0.9]}, range(2),
+                     base={"num_epochs": 200})
+  rep = analyze([off, on], group_by=[])
+  assert [a.runs for a in rep.arms] == [2, 2] and rep.pairs == []
+
+
+def test_noise_runs_pair_with_the_baseline_of_their_own_workdir(tmp_path):
+  # Both work dirs' no-noise runs differ from a noise.std run in noise fields only; the
+  # constant sweep's own baseline is its partner.
+  rep = analyze([write_workdir(str(tmp_path / "annealed")),
+                 constant_workdir(str(tmp_path / "constant"))])
+  std = pair(rep, "model.init=simple", 0.001)
+  assert std.pairs == 4
+  assert std.mean_diff == pytest.approx(statistics.mean(ACC_STD[("simple", 0.001)])
+                                        - statistics.mean(ACC_STD[("simple", 0.0)]))
+
+
+def memnet_workdir(path, experiment="memnet"):
+  """A work dir written by the memnet experiment: errors, no accuracy curve."""
+  wd = write_workdir(path, base={"experiment": experiment},
+                     metrics=lambda run_id, level, step: {"test_error": 0.5 / step,
+                                                          "valid_error": 0.4 / step})
+  return wd
+
+
+def curves_plotted(monkeypatch):
+  """Records the curves make_report asks plots.plot_curves for."""
+  from gradnoise.report import plots
+  seen = []
+  monkeypatch.setattr(plots, "plot_curves",
+                      lambda report, out, curves: seen.append(list(curves)) or [])
+  return seen
+
+
+def test_defaults_come_from_the_experiment(tmp_path, monkeypatch, capsys):
+  wd = memnet_workdir(str(tmp_path / "wd"))
+  seen = curves_plotted(monkeypatch)
+  text = report.make_report([wd], str(tmp_path / "out"))
+  assert text.startswith("# Gradient noise: test_error\n")  # memnet's summary metric
+  assert "test_error: lower is better" in text
+  assert seen == [["train_loss", "valid_error", "test_error"]]  # memnet's, where logged
+  assert "warning" not in capsys.readouterr().err
+
+
+def test_curves_follow_the_metric(tmp_path, monkeypatch):
+  # No experiment named: the fallback curves and --metric, where logged.
+  wd = write_workdir(str(tmp_path / "wd"),
+                     metrics=lambda run_id, level, step: {"test_error": 0.5 / step})
+  seen = curves_plotted(monkeypatch)
+  report.make_report([wd], str(tmp_path / "out"), "test_error")
+  assert seen == [["train_loss", "test_accuracy", "test_error"]]
+
+
+def test_experiment_that_cannot_be_loaded_falls_back_with_one_warning(tmp_path, capsys):
+  wd = memnet_workdir(str(tmp_path / "wd"), experiment="no_such_experiment_module")
+  text = report.make_report([wd], str(tmp_path / "out"), plots=False)
+  assert text.startswith("# Gradient noise: test_accuracy\n")
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith("warning: experiment 'no_such_experiment_module' cannot be loaded")
+  assert line.endswith("defaults: --metric=test_accuracy --curves=train_loss,test_accuracy.")
+
+
+def test_cli_on_a_memnet_workdir_needs_no_metric_flag(tmp_path):
+  wd = memnet_workdir(str(tmp_path / "wd"))
+  result = run_cli(wd, f"--out={tmp_path / 'out'}", "--noplots")
+  assert result.returncode == 0, result.stderr
+  assert "## Final test_error" in result.stdout
+
+
+def diagnostics(run_id, level, step):
+  """metrics.jsonl diagnostics of a run: noise norm 100·level, gradient norm 10/epoch."""
+  grad, noise = 10.0 / (step // 100), 100 * level
+  return {"train_grad_norm": grad, "train_grad_norm_max": 2 * grad,
+          "train_clipped_grad_norm": min(grad, 5.0), "train_clipped_fraction": 0.5,
+          "train_noise_norm": noise, "train_noise_norm_max": 2 * noise,
+          "train_noise_to_grad": noise / grad, "train_noise_to_grad_max": 3 * noise / grad}
+
+
+@pytest.mark.parametrize("metrics, panels", [
+    (diagnostics, 5),
+    (lambda run_id, level, step: {"train_clipped_fraction": 0.25}, 1),
+])
+def test_diagnostics_plots(tmp_path, metrics, panels):
+  wd = write_workdir(str(tmp_path / "wd"), metrics=metrics)
+  out = str(tmp_path / "out")
+  text = report.make_report([wd], out)
+  names = ["diagnostics_00_model.init-simple.png", "diagnostics_01_model.init-good.png"]
+  assert sorted(f for f in os.listdir(out) if f.startswith("diagnostics")) == names
+  assert "No noise diagnostics" not in text
+  for name in names:
+    assert f"![{name}]({name})" in text
+    with open(os.path.join(out, name), "rb") as f:
+      data = f.read()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and 1024 < len(data) < 250_000
+  from matplotlib import image
+  height = image.imread(os.path.join(out, names[0])).shape[0]
+  assert height == 350 * math.ceil(panels / 2)  # 3.5 in per row of two panels, 100 dpi
+
+
+def test_results_csv_written_and_read_through_one_format(tmp_path):
+  import ml_collections
+  from gradnoise import results_format, workdir as workdir_lib
+  wd = workdir_lib.WorkDir(str(tmp_path))
+  runs = [ml_collections.ConfigDict({"model": {"init": i}, "noise": {"eta": e}, "seed": s})
+          for i, e, s in (("simple", 0.0, 0), ("simple", 0.01, 0))]
+  results = {0: {"test_error": 0.5, "train_loss": 0.25, "diverged": False},
+             1: {"test_error": NAN, "train_loss": 0.125, "diverged": True}}
+  wd.write_results(["model.init", "noise.eta", "seed"], runs, results)
+  with open(tmp_path / results_format.RESULTS_FILE) as f:
+    header = f.readline().strip().split(",")
+  assert header == results_format.results_columns(["model.init", "noise.eta"],
+                                                  ["train_loss", "test_error"])
+  assert header == ["run", "model.init", "noise.eta", "seed", "train_loss", "test_error",
+                    "diverged"]
+  read = wd.read_results()
+  assert read[0] == results[0] and read[1]["diverged"] and math.isnan(read[1]["test_error"])
+  data = report.load_runs([str(tmp_path)])
+  assert data.metrics == ["train_loss", "test_error"]
+  assert [(r.overrides, r.seed, r.final["train_loss"], r.diverged) for r in data.runs] == [
+      ({"model.init": "simple", "noise.eta": 0.0}, 0, 0.25, False),
+      ({"model.init": "simple", "noise.eta": 0.01}, 0, 0.125, True)]

@@ -5,11 +5,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import mnist_mlp as mnist_configs
 from experiments import mnist_mlp
-from gradnoise import experiment, sweep, trainer
+from gradnoise import experiment, fields, sweep, trainer
 from gradnoise.errors import UsageError
 
 EXP = mnist_mlp.EXPERIMENT
@@ -56,12 +57,14 @@ def test_sweep_helpers():
 def test_table1_sweep_is_few_compile_groups():
   config = mnist_configs.get_config("table1")
   runs = [sweep.apply_overrides(config, o) for o in mnist_configs.get_sweep("table1")]
-  # 6 settings x 2 learning rates x 2 noise levels x 20 seeds, + dropout 2 x 20.
-  assert len(runs) == 6 * 2 * 2 * 20 + 2 * 20
+  # 6 settings x 2 learning rates x 2 noise levels x 20 seeds, + dropout 2 x 20, + the
+  # data-dependent init 2 x 2 x 20.
+  assert len(runs) == 6 * 2 * 2 * 20 + 2 * 20 + 2 * 2 * 20
   groups = {}
   for run in runs:
     groups.setdefault(trainer.group_key(run, EXP), []).append(run)
-  assert sorted(len(g) for g in groups.values()) == [40, 480]  # dropout on / off
+  # Gaussian inits / dropout / data-dependent init (its own code)
+  assert sorted(len(g) for g in groups.values()) == [40, 80, 480]
 
 
 def test_overrides_reject_unknown_fields_and_wrong_types():
@@ -187,8 +190,9 @@ def test_initial_weights_have_the_documented_per_layer_std():
   each layer's sum of squares / std^2 lies within the chi-square(n) bounds of p = 1e-6."""
   chi2 = pytest.importorskip("scipy.stats").chi2
   config = sweep.apply_overrides(mnist_configs.get_config("quick"), {"batch_size": 32})
+  gaussian = [init for init in mnist_mlp.INITS if init != "data_dependent"]
   configs = [sweep.apply_overrides(config, {"model.init": init, "seed": i})
-             for i, init in enumerate(mnist_mlp.INITS)]
+             for i, init in enumerate(gaussian)]
   assert len({trainer.group_key(c, EXP) for c in configs}) == 1
   data = synthetic_data(n_train=32, n_test=1)
   program = trainer.build_program(EXP, config, data.num_train)
@@ -204,7 +208,7 @@ def test_initial_weights_have_the_documented_per_layer_std():
                          / np.sqrt(fan_ins),
   }
   assert len(params) == len(sizes) - 1
-  for run, init in enumerate(mnist_mlp.INITS):
+  for run, init in enumerate(gaussian):
     pooled, pooled_n = 0.0, 0  # all layers together: resolves he vs sussillo_abbott (2.5%)
     for i, std in enumerate(documented[init]):
       kernel = params[f"layer_{i}"]["kernel"][run].astype(np.float64)
@@ -226,3 +230,45 @@ def test_batch_larger_than_data_is_a_usage_error():
   with pytest.raises(UsageError, match="batch_size=5000 is larger than the training set "
                      r"\(4000 examples"):
     trainer.check_data(small_config(batch_size=5000), data)
+
+
+def optimizer_config(**optimizer):
+  """small_config with every declared default filled in, then ``optimizer.<k> = v``."""
+  config = fields.complete(small_config(), {**trainer.FIELDS, **EXP.fields})
+  for name, value in optimizer.items():
+    config.optimizer[name] = value
+  return config
+
+
+def test_optimizer_eps_reaches_the_optimizer_and_is_refused_where_it_has_none():
+  config = optimizer_config(name="adam", eps=1e-3)
+  trainer.validate(config, EXP)
+  params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 1e-3)}
+  tx, reference = trainer.make_update(config, 0.1), optax.adam(0.1, eps=1e-3)
+  got, _ = tx.update(grads, tx.init(params), params)
+  want, _ = reference.update(grads, reference.init(params), params)
+  np.testing.assert_array_equal(got["w"], want["w"])  # eps matters here: |g| = eps
+  with pytest.raises(UsageError, match=r"optimizer.eps=0.001.*optax.sgd takes no eps"):
+    trainer.validate(optimizer_config(name="sgd", eps=1e-3), EXP)
+
+
+def test_optimizer_momentum_averages_the_optimizer_updates():
+  """u_t = d_t + mu u_{t-1}, d_t the optimizer's own update (GRU4Rec's Adagrad with
+  momentum); for sgd it equals optax.sgd's own momentum."""
+  config = optimizer_config(name="adagrad", momentum=0.2)
+  params = {"w": jnp.ones(2)}
+  grads = [{"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 3.0])}]
+  tx, adagrad = trainer.make_update(config, 0.1), optax.adagrad(0.1)
+  state, plain = tx.init(params), adagrad.init(params)
+  previous = np.zeros(2)
+  for g in grads:
+    u, state = tx.update(g, state, params)
+    d, plain = adagrad.update(g, plain, params)
+    previous = np.asarray(d["w"]) + 0.2 * previous
+    np.testing.assert_allclose(u["w"], previous, rtol=1e-6)
+  sgd = trainer.make_update(optimizer_config(name="sgd", momentum=0.9), 0.1)
+  reference = optax.sgd(0.1, momentum=0.9)
+  s1, s2 = sgd.init(params), reference.init(params)
+  for g in grads:
+    (u1, s1), (u2, s2) = sgd.update(g, s1, params), reference.update(g, s2, params)
+    np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-6)
