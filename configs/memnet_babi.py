@@ -115,7 +115,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data.memory_size = 50
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = {"table2": 80, "table2_fixed": 80, "baseline": 100,
+  # None: as many runs at once as the device memory holds (gradnoise.devices)
+  config.train.runs_per_batch = {"table2": None, "table2_fixed": None, "baseline": 100,
                                   "table2_arms": 90, "small": 48,
                                   "hard": 15}[arg]
   config.train.eval_every_epochs = 5

@@ -84,7 +84,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   config.data.path = config_dict.placeholder(str)  # file or folder, as the source needs
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = 64  # runs trained at once (bounds memory)
+  # Runs trained at once (bounds memory); None (table1): as many as the device memory
+  # holds (gradnoise.devices).
+  config.train.runs_per_batch = None if arg == "table1" else 64
   config.train.eval_every_epochs = 1
   config.train.eval_batch_size = 1000
   config.train.checkpoint_every_epochs = 5  # 0 = only at the end of each batch of runs

@@ -88,7 +88,8 @@ def get_config(arg: str = "table6_small") -> ml_collections.ConfigDict:
   config.data.seed = 0
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = 8 if small else 64
+  # None: as many runs at once as the device memory holds (gradnoise.devices)
+  config.train.runs_per_batch = 8 if small else None
   config.train.eval_every_epochs = 5 if small else 25
   config.train.eval_batch_size = 256 if small else 64
   config.train.checkpoint_every_epochs = 5

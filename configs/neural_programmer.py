@@ -99,7 +99,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data.templates = None  # None: all; a tuple of template indices: only those
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = 8 if small else 216
+  # None: as many runs at once as the device memory holds (gradnoise.devices)
+  config.train.runs_per_batch = 8 if small else None
   config.train.eval_every_epochs = 5 if small else 10
   config.train.eval_batch_size = 1231
   config.train.checkpoint_every_epochs = 10

@@ -91,7 +91,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   config.data.seed = 0
 
   config.train = ml_collections.ConfigDict()
-  config.train.runs_per_batch = 8 if small else 200
+  # None: as many runs at once as the device memory holds (gradnoise.devices)
+  config.train.runs_per_batch = 8 if small else None
   config.train.eval_every_epochs = 2 if small else 10
   config.train.eval_batch_size = 512
   config.train.checkpoint_every_epochs = 5

@@ -52,7 +52,7 @@ def test_two_processes_equal_one(tmp_path):
   text = lambda d, name: open(os.path.join(d, name)).read()
   assert text(multi, "results.csv") == text(single, "results.csv")
   lines = lambda d: sorted(open(os.path.join(d, "metrics.jsonl")).read().splitlines())
-  assert lines(multi) == lines(single) and len(lines(multi)) == 32
+  assert lines(multi) == lines(single) and len(lines(multi)) == 48
   # One device, runs padded differently: equal within float tolerance.
   one = str(tmp_path / "one")
   subprocess.run([sys.executable, "-m", "gradnoise.run", *ARGS, f"--workdir={one}"],

@@ -94,7 +94,10 @@ def test_an_experiment_outside_the_repo_runs(tmp_path, how):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "plan: 4 runs in 1 compile group(s)" in proc.stdout
   rows = (tmp_path / "wd" / "results.csv").read_text().splitlines()
-  assert rows[0] == "run,noise.eta,seed,train_loss,test_mse,best_test_mse,diverged"
+  assert rows[0] == ("run,noise.eta,seed,train_loss,test_mse,train_clipped_fraction,"
+                     "train_clipped_grad_norm,train_clipped_grad_norm_max,train_grad_norm,"
+                     "train_grad_norm_max,train_noise_norm,train_noise_norm_max,"
+                     "train_noise_to_grad,train_noise_to_grad_max,best_test_mse,diverged")
   assert len(rows) == 5
 
 
