@@ -1,6 +1,6 @@
 r"""Table 2 of Neelakantan et al. (2015) from memnet work dirs.
 
-    python -m experiments.babi_table WORKDIR [WORKDIR ...]
+    python -m experiments.babi_table [--seeds=N] WORKDIR [WORKDIR ...]
 
 Per bAbI task and setting (one- / two-stage x no noise / annealed noise / fixed noise): the
 mean train, validation and test error over seeds, and the test error of the run with the
@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from gradnoise import report
 from gradnoise.errors import UsageError
@@ -42,6 +42,8 @@ MATLAB_RUN = dict(zip(range(1, 21), (
     0.007, 0.000, 0.003, 0.009, 0.000, 0.004, 0.510, 0.105, 0.814, 0.000)))
 MEMN2N_MEAN_TEST_ERROR = 0.139
 SPLITS = ("train_error", "valid_error", "test_error")
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("seeds", 0, "only runs with seed < N (0: all)", lower_bound=0)
 Cells = dict[tuple[int, str, str], list[report.Run]]
 
 
@@ -54,12 +56,14 @@ def setting_of(run: report.Run) -> tuple[str, str]:
   return stage, noise
 
 
-def collect(workdirs: Sequence[str]) -> Cells:
-  """(task, stage, noise) -> the finished runs."""
+def collect(workdirs: Sequence[str], max_seeds: int = 0) -> Cells:
+  """(task, stage, noise) -> the finished runs; with ``max_seeds`` > 0 only seeds below it
+  (to read work dirs of different seed counts at the same k, e.g. ``table2_arms`` with
+  ``baseline``)."""
   data = report.load_runs(workdirs)
   cells: Cells = defaultdict(list)
   for run in data.runs:
-    if run.final is None:
+    if run.final is None or (max_seeds and int(run.seed) >= max_seeds):
       continue
     missing = [s for s in SPLITS if s not in run.final]
     if missing:
@@ -121,7 +125,7 @@ def table(cells: Cells) -> str:
 
 def main(argv: Sequence[str]) -> None:
   try:
-    print(table(collect(argv[1:])))
+    print(table(collect(argv[1:], FLAGS.seeds)))
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -556,6 +556,9 @@ def test_table2_summary_from_a_work_dir(tmp_path):
   # 50% test error, the lowest validation error (seed 0) 30%; MemN2N 0.0, MATLAB run 0.1.
   assert "| qa1 | 5.0 / 11.7 / 40.0 (50.0 / 30.0, k=3) |" in table
   assert table.splitlines()[2].endswith("| 0.0 | 0.1 |")
+  # --seeds=2: seeds 0 and 1 only (means 5.0 / 7.5 / 40.0; best by train: seed 1, 50%).
+  fewer = babi_table.table(babi_table.collect([str(tmp_path)], max_seeds=2))
+  assert "| qa1 | 5.0 / 7.5 / 40.0 (50.0 / 30.0, k=2) |" in fewer
   # Means over tasks: two-stage with annealed noise over qa1 and qa2.
   assert "| two-stage, noise | 2 | 3.0 | 6.0 | 8.0 | 8.0 | 8.0 | 5.9 | 10.8 |" in table
   # The fixed-noise arm (noise.schedule=constant) is its own setting, not in Table 2.
