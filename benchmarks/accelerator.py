@@ -23,7 +23,7 @@ still running at the deadline is stopped there ("stopped").
 
 Preparation, here, before handing the checkout over (copies the wheels of
 ../shared/wheels, ../shared/data/mnist/mnist.npz and the bAbI ``en`` tasks into
-``.device/``, about 19 MB, and git-ignores the folder through .git/info/exclude):
+``.device/``, about 19 MB; .gitignore keeps the folder out of git):
 
     python benchmarks/accelerator.py --prepare [--shared=../shared]
 
@@ -81,20 +81,15 @@ class Budget:
 
 
 def prepare(shared: str) -> None:
-  """Copies what the accelerator run needs into .device/ and git-ignores it."""
+  """Copies what the accelerator run needs into the git-ignored .device/."""
   os.makedirs(DEVICE_DIR, exist_ok=True)
   for wheel in glob.glob(os.path.join(shared, "wheels", "*.whl")):
     shutil.copy2(wheel, DEVICE_DIR)
   os.makedirs(os.path.join(DEVICE_DIR, "mnist"), exist_ok=True)
   shutil.copy2(os.path.join(shared, "data", MNIST), os.path.join(DEVICE_DIR, MNIST))
-  en = os.path.join(DEVICE_DIR, BABI, "en")
-  shutil.rmtree(en, ignore_errors=True)
-  shutil.copytree(os.path.join(shared, "data", BABI, "en"), en)
-  exclude = os.path.join(REPO, ".git", "info", "exclude")
-  lines = open(exclude).read().splitlines() if os.path.exists(exclude) else []
-  if ".device/" not in lines:
-    with open(exclude, "a") as f:
-      f.write(".device/\n")
+  # Copied over any earlier copy (never deleted); .gitignore keeps .device/ out of git.
+  shutil.copytree(os.path.join(shared, "data", BABI, "en"),
+                  os.path.join(DEVICE_DIR, BABI, "en"), dirs_exist_ok=True)
   size = sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(DEVICE_DIR) for name in names)
   print(f"prepared {DEVICE_DIR}: {size / 2**20:.1f} MiB; carry '.device' with the run")
