@@ -442,15 +442,35 @@ def _leaf_name(path: tuple) -> str:
                   for k in path)
 
 
-def _sum_squares(x: jax.Array) -> jax.Array:
-  """sum |x|^2 in x's working dtype (float32; float64 for float64/complex128 leaves).
+# Kinds whose noise stage itself reduces over the clipped gradient: for them the
+# diagnostics' norms are dots, which XLA does not fuse with those reductions (a fused
+# sibling reduction changed relative's and perturbed's numbers by an ulp). For every other
+# kind they are plain reductions, fused into the loops that produce the trees.
+KINDS_REDUCING_THE_GRADIENT = ("relative", "perturbed")
 
-  A dot product, not a reduction: XLA would fuse a reduction with the noise stages' own
-  reductions over the same gradient (relative, perturbed) and change their rounding.
-  """
-  parts = (x.real, x.imag) if jnp.iscomplexobj(x) else (x,)
-  flat = [jnp.ravel(p).astype(_working_dtype(x.dtype)) for p in parts]
-  return sum(jnp.dot(f, f, precision=jax.lax.Precision.HIGHEST) for f in flat)
+
+def _sum_squares(leaves: list[jax.Array], as_dots: bool) -> list[jax.Array]:
+  """sum |x|^2 of each inexact leaf in its working dtype (float32; float64 for
+  float64/complex128 leaves). With ``as_dots`` one dot product per leaf (see
+  ``KINDS_REDUCING_THE_GRADIENT``); otherwise leaves of one shape and dtype are stacked
+  into one reduction: XLA:CPU spends microseconds per kernel, and an MLP's 42 leaves make
+  few shapes."""
+  def parts(x):
+    split = (x.real, x.imag) if jnp.iscomplexobj(x) else (x,)
+    return [p.astype(_working_dtype(x.dtype)) for p in split]
+  if as_dots:
+    return [sum(jnp.dot(jnp.ravel(p), jnp.ravel(p), precision=jax.lax.Precision.HIGHEST)
+                for p in parts(x)) for x in leaves]
+  groups: dict[tuple, list[int]] = {}
+  for i, x in enumerate(leaves):
+    groups.setdefault((x.shape, x.dtype), []).append(i)
+  out: list[Any] = [None] * len(leaves)
+  for indices in groups.values():
+    stacked = [jnp.stack(p) for p in zip(*(parts(leaves[i]) for i in indices))]
+    sums = sum(jnp.sum(p * p, axis=tuple(range(1, p.ndim))) for p in stacked)
+    for j, i in enumerate(indices):
+      out[i] = sums[j]
+  return out
 
 
 def _ratio(noise: jax.Array, grad: jax.Array) -> jax.Array:
@@ -458,7 +478,8 @@ def _ratio(noise: jax.Array, grad: jax.Array) -> jax.Array:
   return jnp.where(noise == 0, 0, noise / grad)
 
 
-def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool) -> dict[str, jax.Array]:
+def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool,
+                as_dots: bool = False) -> dict[str, jax.Array]:
   """One step's diagnostics (scalars; ``train_epoch`` logs their epoch mean and max).
 
   Over the inexact leaves of the trees (each shaped as the parameters), in float32
@@ -481,7 +502,7 @@ def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool) -> dict[st
   clipped = [jnp.asarray(x) for x in jax.tree.leaves(clipped)]
   noise = [jnp.asarray(x) for x in jax.tree.leaves(noise)]
   inexact = [i for i, x in enumerate(grads) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  squares = {name: [_sum_squares(tree[i]) for i in inexact]
+  squares = {name: _sum_squares([tree[i] for i in inexact], as_dots)
              for name, tree in [("grad_norm", grads), ("clipped_grad_norm", clipped),
                                 ("noise_norm", noise)]}
   out = {name: jnp.sqrt(sum(s)) for name, s in squares.items()}
@@ -535,11 +556,10 @@ def train_step(spec: GroupSpec, stages: Stages, state: RunState,
   params = optax.apply_updates(state.params, updates)
   diagnosed = {}
   if field_value(config, "train.diagnostics"):
-    # The barrier keeps XLA from fusing the diagnostics' reductions with the stages' own
-    # (e.g. perturbed's gradient norm), which can change the training numbers by an ulp.
     noise = _difference(at, state.params) if weight else _difference(noisy, clipped)
-    diagnosed = diagnostics(grads, clipped, noise,
-                            field_value(config, "train.diagnostics_per_leaf"))
+    diagnosed = diagnostics(
+        grads, clipped, noise, field_value(config, "train.diagnostics_per_leaf"),
+        field_value(config, "noise.kind") in KINDS_REDUCING_THE_GRADIENT)
   if experiment.state and experiment.state.after_step:
     extra = experiment.state.after_step(extra, aux, {**hp, **state.extra}, config)
   # One reduction per leaf, fused with the ops producing them. Clipping could hide an inf

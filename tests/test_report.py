@@ -342,7 +342,9 @@ def test_cli_takes_the_noise_field_from_the_schedule(tmp_path):
   assert "| model.init=simple | no noise | 4 | 0 | 0 | 0.65 | 0.575 |" in result.stdout
   assert "| model.init=simple | noise | 4 | 0 | 0 | 0.8 | 0.7375 |" in result.stdout
   explicit = run_cli(wd, f"--out={tmp_path / 'out'}", "--noplots", "--noise_field=noise.eta")
-  assert "| model.init=simple, noise.std=0.001 | noise | 4 |" in explicit.stdout
+  # noise.eta is 1.0 in every run: the runs' noise.std tells the arms apart, in one setting.
+  assert "| model.init=simple | noise (eta 1, std 0.001) | 4 |" in explicit.stdout
+  assert "| model.init=simple | noise (eta 1, std 0) | 4 |" in explicit.stdout
 
 
 def test_unknown_schedule_is_usage_error(tmp_path):
@@ -379,6 +381,33 @@ def test_noise_kinds_are_arms_paired_with_no_noise(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r["noise_field"] for r in rows] == [
       "", "noise.sigma (anticorrelated)", "noise.eta", "noise.sigma (multiplicative)"]
+
+
+def test_kind_specific_fields_make_arms_not_settings(tmp_path):
+  # Perturbed GD at one radius with two waits, and gaussian noise, beside no noise: the
+  # waits are arms of the one setting, each paired with the no-noise runs of its seeds;
+  # wait is named only where it differs within perturbed.
+  noise = {"off": {"noise.kind": "gaussian", "noise.eta": 0.0},
+           "eta": {"noise.kind": "gaussian", "noise.eta": 0.01},
+           "w10": {"noise.kind": "perturbed", "noise.radius": 30.0, "noise.wait": 10},
+           "w30": {"noise.kind": "perturbed", "noise.radius": 30.0, "noise.wait": 30}}
+  acc = {("simple", k): v for k, v in
+         {"off": [0.5, 0.6], "eta": [0.7, 0.9], "w10": [0.6, 0.8], "w30": [0.4, 0.5]}.items()}
+  wd = write_workdir(str(tmp_path / "wd"), acc, seeds=range(2), noise=noise.get)
+  rep = analyze([wd])
+  assert rep.group_by == ["model.init"]
+  assert [s.label for s in rep.settings] == ["model.init=simple"]
+  assert [(a.arm.label, a.runs) for a in rep.arms] == [
+      ("no noise", 2), ("gaussian (eta 0.01)", 2), ("perturbed (radius 30, wait 10)", 2),
+      ("perturbed (radius 30, wait 30)", 2)]
+  assert [(p.arm.label, p.pairs) for p in rep.pairs] == [
+      ("gaussian (eta 0.01)", 2), ("perturbed (radius 30, wait 10)", 2),
+      ("perturbed (radius 30, wait 30)", 2)]
+  assert [p.mean_diff for p in rep.pairs] == pytest.approx([0.25, 0.15, -0.1])
+  # An explicit --group_by still splits on a noise field.
+  split = analyze([wd], group_by=["model.init", "noise.wait"])
+  assert [s.label for s in split.settings][1:] == [
+      "model.init=simple, noise.wait=10", "model.init=simple, noise.wait=30"]
 
 
 def test_report_knows_each_kinds_level_field():

@@ -3,8 +3,9 @@
 Reads each work dir's ``results.csv`` (final metrics of finished runs), ``metrics.jsonl``
 (curves) and ``config.json`` (the settings of runs not finished yet; the format:
 :mod:`gradnoise.results_format`), groups the runs into settings (every field that differs
-between them, base configs included, other than seed and noise) and compares each noise
-level with no noise: a summary table, threshold counts, paired tests (a noise run against
+between them, base configs included, other than seed and the ``noise.*`` fields, which
+make the arms: a kind's other fields such as perturbed GD's ``noise.wait`` split arms, not
+settings) and compares each noise arm with no noise: a summary table, threshold counts, paired tests (a noise run against
 the no-noise run that differs from it in noise fields only), curves over training steps,
 noise diagnostics over epochs and the distribution of final values; with ``--select_by``
 (e.g. train_error) also each arm's best of k restarts by that metric. A run's noise level

@@ -18,19 +18,22 @@ KIND_NOISE_FIELDS = {"langevin": "noise.temperature", "anticorrelated": "noise.s
                      "multiplicative": "noise.sigma", "relative": "noise.sigma",
                      "perturbed": "noise.radius", "weight": "noise.sigma"}
 NOISE_PREFIX = "noise."  # runs differing only in these fields (and nothing else) are paired
-_NoiseKey = tuple[float, str, str]  # an arm's (level, level field, noise.kind)
+# An arm's (level, level field, noise.kind, its other noise.* fields that differ between runs).
+_NoiseKey = tuple[float, str, str, tuple[tuple[str, Any], ...]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
   """The runs of one setting with one noise level of one field and noise.kind (0: no
-  noise, field and kind "")."""
+  noise, field and kind ""), and the values of the other noise.* fields that differ
+  between the runs (e.g. perturbed GD's ``noise.wait``): ``extras``, (field, value) pairs."""
 
   noise: float
   field: str
   label: str
   runs: list[Run]
   kind: str = ""
+  extras: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +114,9 @@ def noise_fields(noise_field: str | None) -> tuple[str, ...]:
           *KIND_NOISE_FIELDS.values())
 
 
-def _noise(run: Run, noise_field: str | None) -> _NoiseKey:
-  """The run's noise level, its field (``noise_field``, else :func:`level_source`'s) and
-  its noise.kind; 0, "", "" without noise."""
+def _noise(run: Run, noise_field: str | None, extra_fields: Sequence[str]) -> _NoiseKey:
+  """The run's noise level, its field (``noise_field``, else :func:`level_source`'s), its
+  noise.kind and its values of ``extra_fields``; 0, "", "", () without noise."""
   field = noise_field or level_source(run)[0]
   value = run.get(field)
   try:
@@ -121,12 +124,15 @@ def _noise(run: Run, noise_field: str | None) -> _NoiseKey:
   except (TypeError, ValueError):
     raise UsageError(f"noise field {field}: run {run.run} of {run.workdir} has the "
                      f"non-numeric value {value!r}.") from None
-  return (noise, field, run.get(KIND_FIELD) or GAUSSIAN) if noise else (0.0, "", "")
+  if not noise:
+    return 0.0, "", "", ()
+  extras = tuple((f, hashable(run.get(f))) for f in extra_fields if f != field)
+  return noise, field, run.get(KIND_FIELD) or GAUSSIAN, extras
 
 
-def arm_order(arm: Arm) -> tuple[bool, str, str, float]:
-  """Sort key of arms: no noise first, then by kind, field and level."""
-  return arm.noise != 0, arm.kind, arm.field, arm.noise
+def arm_order(arm: Arm) -> tuple[bool, str, str, float, str]:
+  """Sort key of arms: no noise first, then by kind, field, level and other noise fields."""
+  return arm.noise != 0, arm.kind, arm.field, arm.noise, repr(arm.extras)
 
 
 def group_runs(data: SweepData, group_by: Sequence[str] | None = None,
@@ -136,38 +142,51 @@ def group_runs(data: SweepData, group_by: Sequence[str] | None = None,
   ``noise_field`` None: each run's noise level is the field of its ``noise.kind``, for
   gaussian noise of its ``noise.schedule`` (:func:`level_source`).
   ``group_by`` defaults to :func:`setting_fields` (the swept fields and any other field
-  that differs between the runs, base configs included); seed and the noise fields
-  (:func:`noise_fields`) never group. Arms are labelled "no noise" and "noise", or
-  "noise (<field> <level>)" where levels differ, or "<kind> (<field> <level>)" where
-  other kinds than gaussian noise are present.
+  that differs between the runs, base configs included) less every ``noise.*`` field:
+  those make arms, so that a setting's arms differ in the noise alone and pair with its
+  no-noise arm. Seed and the level fields (:func:`noise_fields`) never group. Arms are
+  labelled "no noise" and "noise", or "noise (<field> <level>)" where levels differ, or
+  "<kind> (<field> <level>)" where other kinds than gaussian noise are present; the other
+  noise.* fields that differ between runs of one kind follow the level (e.g. "perturbed
+  (radius 30, wait 10)").
   """
   if noise_field and any(r.config for r in data.runs):  # else only swept fields are known
     check_field(data, noise_field, "--noise_field")
+  differing = setting_fields(data)
   if group_by is None:
-    group_by = setting_fields(data)
+    group_by = [f for f in differing if not f.startswith(NOISE_PREFIX)]
   for field in group_by:
     check_field(data, field, "--group_by")
   skip = {"seed", *noise_fields(noise_field)}
   fields = [f for f in dict.fromkeys(group_by) if f not in skip]
+  extra_fields = [f for f in differing
+                  if f.startswith(NOISE_PREFIX) and f not in skip and f not in fields]
   by_key: dict[tuple[Any, ...], tuple[dict[str, Any], dict[_NoiseKey, list[Run]]]] = {}
   for run in data.runs:
     values = {f: run.get(f) for f in fields}
     key = tuple(hashable(v) for v in values.values())
-    by_key.setdefault(key, (values, {}))[1].setdefault(_noise(run, noise_field), []).append(run)
+    by_key.setdefault(key, (values, {}))[1].setdefault(
+        _noise(run, noise_field, extra_fields), []).append(run)
   levels = {n for _, arms in by_key.values() for n in arms if n[0]}
-  kinds = {kind for _, _, kind in levels}
+  kinds = {kind for _, _, kind, _ in levels}
+  # The extra fields worth naming: those with more than one value within a kind.
+  varying = {(kind, f) for kind in kinds for f in extra_fields
+             if len({dict(e)[f] for _, _, k, e in levels if k == kind}) > 1}
 
-  def label(noise: float, field: str, kind: str) -> str:
+  def label(noise: float, field: str, kind: str, extras: tuple) -> str:
     if not noise:
       return "no noise"
+    shown = "".join(f", {f.rsplit('.', 1)[-1]} {fmt_value(v)}" for f, v in extras
+                    if (kind, f) in varying)
+    level = f"{field.rsplit('.', 1)[-1]} {noise:g}{shown}"
     if kinds == {GAUSSIAN}:
-      return "noise" if len(levels) == 1 else f"noise ({field.rsplit('.', 1)[-1]} {noise:g})"
-    return f"{kind} ({field.rsplit('.', 1)[-1]} {noise:g})"
+      return "noise" if len(levels) == 1 else f"noise ({level})"
+    return f"{kind} ({level})"
 
   settings = []
   for values, arms in by_key.values():
     setting = ", ".join(f"{f}={fmt_value(v)}" for f, v in values.items()) or "all runs"
     settings.append(Setting(setting, values, sorted(
-        (Arm(noise, field, label(noise, field, kind), runs, kind)
-         for (noise, field, kind), runs in arms.items()), key=arm_order)))
+        (Arm(noise, field, label(noise, field, kind, extras), runs, kind, extras)
+         for (noise, field, kind, extras), runs in arms.items()), key=arm_order)))
   return fields, settings

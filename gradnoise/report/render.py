@@ -27,7 +27,7 @@ def _threshold_label(report: Report, t: float) -> str:
 
 def arm_labels(report: Report) -> list[str]:
   """The arms' labels in report order: "no noise" first, then by noise level."""
-  arms = {(a.noise, a.field, a.kind): a for s in report.settings for a in s.arms}
+  arms = {(a.noise, a.field, a.kind, a.extras): a for s in report.settings for a in s.arms}
   return [a.label for a in sorted(arms.values(), key=arm_order)]
 
 
