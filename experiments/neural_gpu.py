@@ -72,7 +72,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import binary_tasks
+from experiments import binary_tasks, curriculum
 from gradnoise import experiment, fields
 from gradnoise.errors import UsageError
 
@@ -248,20 +248,16 @@ def init_state(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
       "bits": jnp.asarray(config.curriculum.start_bits, jnp.int32),
       "pull": jnp.asarray(hp["pull_start"], jnp.float32),
       "averaged": jnp.zeros([], bool),
-      "window_steps": jnp.zeros([], jnp.int32),
-      "window_errors": jnp.zeros([], jnp.float32),
-      "window_examples": jnp.zeros([], jnp.float32),
+      **curriculum.window_start("window_examples"),
   }
 
 
 def after_step(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: experiment.HParams,
                config: experiment.GroupConfig) -> dict[str, jax.Array]:
   """After a step: accumulate the window; at its end advance the curriculum on success."""
-  steps = extra["window_steps"] + 1
-  errors_sum = extra["window_errors"] + aux["curriculum_errors"]
-  examples = extra["window_examples"] + aux["curriculum_examples"]
-  decide = steps >= config.curriculum.window
-  success = decide & (examples > 0) & (errors_sum < hp["curriculum_threshold"] * examples)
+  success, window = curriculum.window_step(
+      extra, aux["curriculum_errors"], aux["curriculum_examples"], "window_examples",
+      config.curriculum.window, hp["curriculum_threshold"])
   saturated = extra["pull"] >= config.relax.pull_max
   return {
       "bits": jnp.where(success, jnp.minimum(extra["bits"] + 1, config.data.train_bits),
@@ -269,9 +265,7 @@ def after_step(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: exper
       "pull": jnp.where(success & ~saturated, extra["pull"] * hp["pull_growth"],
                         extra["pull"]),
       "averaged": extra["averaged"] | (success & saturated),
-      "window_steps": jnp.where(decide, 0, steps),
-      "window_errors": jnp.where(decide, 0.0, errors_sum),
-      "window_examples": jnp.where(decide, 0.0, examples),
+      **window,
   }
 
 

@@ -93,7 +93,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import nram_tasks
+from experiments import curriculum, nram_tasks
 from gradnoise import experiment, fields
 from gradnoise.errors import UsageError
 
@@ -526,27 +526,21 @@ def init_state(key: jax.Array, batch: experiment.Batch, hp: experiment.HParams,
   return {
       "level": jnp.asarray(config.curriculum.start_level, jnp.int32),
       "step": jnp.zeros([], jnp.int32),
-      "window_steps": jnp.zeros([], jnp.int32),
-      "window_errors": jnp.zeros([], jnp.float32),
-      "window_cells": jnp.zeros([], jnp.float32),
+      **curriculum.window_start("window_cells"),
   }
 
 
 def after_step(extra: dict[str, jax.Array], aux: dict[str, jax.Array], hp: experiment.HParams,
                config: experiment.GroupConfig) -> dict[str, jax.Array]:
   """Counts the step; at the end of a window raises D if the window's error was low."""
-  steps = extra["window_steps"] + 1
-  errors = extra["window_errors"] + aux["curriculum_errors"]
-  cells = extra["window_cells"] + aux["curriculum_cells"]
-  decide = steps >= config.curriculum.window
-  success = decide & (cells > 0) & (errors < hp["curriculum_threshold"] * cells)
+  success, window = curriculum.window_step(
+      extra, aux["curriculum_errors"], aux["curriculum_cells"], "window_cells",
+      config.curriculum.window, hp["curriculum_threshold"])
   return {
       "level": jnp.where(success, jnp.minimum(extra["level"] + 1, config.data.max_length),
                          extra["level"]),
       "step": extra["step"] + 1,
-      "window_steps": jnp.where(decide, 0, steps),
-      "window_errors": jnp.where(decide, 0.0, errors),
-      "window_cells": jnp.where(decide, 0.0, cells),
+      **window,
   }
 
 
