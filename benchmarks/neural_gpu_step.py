@@ -10,15 +10,18 @@ Run: ``python benchmarks/neural_gpu_step.py [--runs 1,8] [--steps 2]``.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import neural_gpu as ngpu_configs
-from experiments import neural_gpu
-from gradnoise import sweep, trainer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import neural_gpu as ngpu_configs  # noqa: E402
+from experiments import neural_gpu  # noqa: E402
+from gradnoise import sweep, trainer  # noqa: E402
 
 EXP = neural_gpu.EXPERIMENT
 

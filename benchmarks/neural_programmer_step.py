@@ -18,15 +18,18 @@ Run: ``python benchmarks/neural_programmer_step.py [--runs 1,8] [--steps 20]
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import neural_programmer as np_configs
-from experiments import neural_programmer
-from gradnoise import fields, sweep, trainer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import neural_programmer as np_configs  # noqa: E402
+from experiments import neural_programmer  # noqa: E402
+from gradnoise import fields, sweep, trainer  # noqa: E402
 
 EXP = neural_programmer.EXPERIMENT
 SETTINGS = {"single": {}, "five": {"data.max_columns": 5, "model.bidirectional": True}}

@@ -11,15 +11,18 @@ Run: ``python benchmarks/nram_step.py [--runs 1,8,64] [--steps 20] [--variant ta
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import nram as nram_configs
-from experiments import nram
-from gradnoise import sweep, trainer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import nram as nram_configs  # noqa: E402
+from experiments import nram  # noqa: E402
+from gradnoise import sweep, trainer  # noqa: E402
 
 EXP = nram.EXPERIMENT
 

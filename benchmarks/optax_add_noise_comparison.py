@@ -10,6 +10,8 @@ measured separately by ``noise_overhead.py``.
 
 from __future__ import annotations
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,6 +166,7 @@ def state_and_step_addressing():
 
 
 def main():
+  argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
   print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].device_kind}")
   traced_eta_under_jit()
   traced_eta_under_vmap()

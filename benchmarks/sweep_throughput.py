@@ -4,7 +4,9 @@ Side by side in one process, on full-size MNIST arrays (60000 x 784, random valu
 speed does not depend on the pixel values), batch 128 (468 steps per epoch), SGD 0.1,
 no clipping, noise eta 0.01:
   - gradnoise trainer, one compile group with 1, 8 and 32 runs (jit(vmap(scan))), one
-    epoch per call, timed after a warm-up epoch;
+    epoch per call, timed after a warm-up epoch, with ``train.diagnostics`` off (the same
+    work as the baselines below); at the largest run count also with the diagnostics on
+    (the default: norms of the gradient, clipped gradient and noise at every step);
   - a plain per-run loop: one jitted optax step per batch, called from Python;
   - PyTorch eager with the same model and optimizer, one run at a time, and PyTorch's
     ``torch.func`` ensembling of the same runs (stacked module state, vmap over runs), if
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -25,9 +28,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import gradnoise
-from configs import mnist_mlp as mnist_configs
-from experiments import mnist_mlp
-from gradnoise import experiment, sweep, trainer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import mnist_mlp as mnist_configs  # noqa: E402
+from experiments import mnist_mlp  # noqa: E402
+from gradnoise import experiment, sweep, trainer  # noqa: E402
 
 N_TRAIN, BATCH = 60000, 128
 
@@ -42,13 +46,15 @@ def mnist_sized_data() -> experiment.Dataset:
       description="random MNIST-sized arrays")
 
 
-def base_config():
+def base_config(diagnostics: bool = False):
   config = mnist_configs.get_config("table1")
-  return sweep.apply_overrides(config, {"model.init": "he", "noise.eta": 0.01})
+  return sweep.apply_overrides(config, {"model.init": "he", "noise.eta": 0.01,
+                                        "train.diagnostics": diagnostics})
 
 
-def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset) -> float:
-  config = base_config()
+def trainer_seconds_per_run_epoch(num_runs: int, data: experiment.Dataset,
+                                  diagnostics: bool = False) -> float:
+  config = base_config(diagnostics)
   program = trainer.build_program(mnist_mlp.EXPERIMENT, config, data.num_train)
   hps = [trainer.run_hparams(sweep.apply_overrides(config, {"seed": s}), mnist_mlp.EXPERIMENT)
          for s in range(num_runs)]
@@ -176,8 +182,11 @@ def main():
   args = parser.parse_args()
   data = mnist_sized_data()
   figures = {}
-  for n in [int(r) for r in args.runs.split(",")]:
+  counts = [int(r) for r in args.runs.split(",")]
+  for n in counts:
     figures[f"gradnoise trainer, {n} runs"] = trainer_seconds_per_run_epoch(n, data)
+  figures[f"gradnoise trainer + diagnostics, {max(counts)} runs"] = (
+      trainer_seconds_per_run_epoch(max(counts), data, diagnostics=True))
   if not args.trainer_only:
     figures["per-run loop of jitted steps"] = per_run_loop_seconds_per_run_epoch(data)
   if not args.trainer_only:
