@@ -263,15 +263,6 @@ def _load_data(experiment: experiment_lib.Experiment, run: Config,
                      f"(in the experiment's load_data: {_user_frame(e)}).") from None
 
 
-def _memory_bytes() -> int:
-  """Memory of one device: the accelerator's limit, or the host's RAM for CPU."""
-  import jax
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "bytes_limit" in stats:
-    return int(stats["bytes_limit"])
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _user_frame(e: BaseException) -> str:
   """``file:line`` of the innermost frame of ``e``'s traceback outside installed packages
   and gradnoise itself (the user's or the experiment's code), or "unknown location"."""
@@ -328,7 +319,7 @@ def _check_model(sweep: Sweep, group: list[tuple[int, Config]]) -> None:
   per_run = sum(np.prod(x.shape, dtype=np.float64) * x.dtype.itemsize
                 for x in jax.tree.leaves(state))
   at_once = -(-min(len(group), config.train.runs_per_batch or 1) // jax.device_count())
-  available = _memory_bytes()
+  available = devices.device_memory_bytes()
   if per_run * at_once > available:
     raise UsageError(f"run {run_id} of {sweep.config_file}: the parameters and optimizer "
                      f"state of {at_once} runs at once need {per_run * at_once / 2**30:.1f} "
