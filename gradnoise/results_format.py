@@ -25,6 +25,10 @@ RUN, SEED, DIVERGED = "run", "seed", "diverged"
 LEADING_METRICS = ("test_accuracy", "best_test_accuracy", "train_loss")
 # metrics.jsonl keys that place a row rather than measure something.
 ROW_KEYS = ("run", "epoch", "step")
+# Config fields that decide how runs are executed and logged, not what they compute (runs
+# differing only in these give the same numbers): readers never group or pair runs on them.
+EXECUTION_FIELDS = ("train.runs_per_batch", "train.checkpoint_every_epochs",
+                    "train.eval_batch_size", "train.diagnostics", "train.diagnostics_per_leaf")
 
 
 def metric_columns(results: Iterable[Mapping[str, Any]]) -> list[str]:

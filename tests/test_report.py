@@ -615,6 +615,21 @@ def test_runs_differing_in_more_than_noise_are_not_paired(tmp_path):
   assert [a.runs for a in rep.arms] == [2, 2] and rep.pairs == []
 
 
+def test_runs_differing_only_in_execution_fields_are_one_setting_and_pair(tmp_path):
+  # Table 2's case: the no-noise baseline and the noise arm ran as separate work dirs with
+  # 100 and 90 runs at once (and diagnostics recorded in one only): same numbers, so one
+  # setting, paired by seed.
+  off = write_workdir(str(tmp_path / "off"), {("simple", 0.0): [0.5, 0.6]}, range(2),
+                      base={"train": {"runs_per_batch": 100}})
+  on = write_workdir(str(tmp_path / "on"), {("simple", 0.01): [0.7, 0.9]}, range(2),
+                     base={"train": {"runs_per_batch": 90, "diagnostics": True}})
+  rep = analyze([off, on])
+  assert [s.label for s in rep.settings] == ["model.init=simple"]
+  assert [(p.pairs, p.mean_diff) for p in rep.pairs] == [(2, pytest.approx(0.25))]
+  # Asked for, an execution field still groups.
+  assert len(analyze([off, on], group_by=["train.runs_per_batch"]).settings) == 2
+
+
 def test_noise_runs_pair_with_the_baseline_of_their_own_workdir(tmp_path):
   # Both work dirs' no-noise runs differ from a noise.std run in noise fields only; the
   # constant sweep's own baseline is its partner.

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from gradnoise.errors import UsageError
 from gradnoise.report.load import Run, SweepData, leaves
+from gradnoise.results_format import EXECUTION_FIELDS
 
 # noise.schedule (default annealed) -> the field holding its noise level, as the trainer reads it.
 SCHEDULE_FIELD, DEFAULT_SCHEDULE = "noise.schedule", "annealed"
@@ -64,13 +65,15 @@ def fmt_value(value: Any) -> str:
 
 
 def setting_fields(data: SweepData) -> list[str]:
-  """The fields that tell runs apart, seed excluded: the swept fields (first-seen order),
-  then every other field whose value differs between the runs (work dirs with different
-  base configs)."""
+  """The fields that tell runs apart, seed and ``EXECUTION_FIELDS`` (e.g. two work dirs run
+  with different train.runs_per_batch) excluded: the swept fields (first-seen order), then
+  every other field whose value differs between the runs (work dirs with different base
+  configs)."""
   configs = {id(r.config): r.config for r in data.runs}
   others = dict.fromkeys(f for c in configs.values() for f in leaves(c) if f not in data.swept)
-  return [f for f in data.swept if f != "seed"] + [
-      f for f in others if f != "seed" and len({hashable(r.get(f)) for r in data.runs}) > 1]
+  skip = {"seed", *EXECUTION_FIELDS}
+  return [f for f in data.swept if f not in skip] + [
+      f for f in others if f not in skip and len({hashable(r.get(f)) for r in data.runs}) > 1]
 
 
 def pair_key(run: Run, fields: Sequence[str]) -> tuple[Any, ...]:
