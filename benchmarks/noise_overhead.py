@@ -8,8 +8,9 @@ overflow-safe global clip, also timed alone without noise.
 
 Diagnostics: the trainer's training epoch (``trainer.build_program``, the same model,
 Simple init, clip 10, annealed noise eta 0.01, random MNIST-shaped inputs) with
-``train.diagnostics`` off, on, and on with ``train.diagnostics_per_leaf``, for 1 and 16
-runs at once, interleaved, min over repeats.
+``train.diagnostics`` off, on, on with ``train.diagnostics_per_leaf``, and on every 10th
+step (``train.diagnostics_every=10``), for 1 and 16 runs at once, interleaved, min over
+repeats.
 Run: ``python benchmarks/noise_overhead.py [--runs 1,16]`` from the repository root.
 """
 
@@ -34,7 +35,8 @@ from experiments import mnist_mlp  # noqa: E402
 from gradnoise import experiment, fields, sweep, trainer  # noqa: E402
 
 DIAGNOSTICS = {"off": {"train.diagnostics": False}, "on": {},
-               "on, per leaf": {"train.diagnostics_per_leaf": True}}
+               "on, per leaf": {"train.diagnostics_per_leaf": True},
+               "on, every 10th step": {"train.diagnostics_every": 10}}
 
 
 def init_mlp(key, sizes):

@@ -31,7 +31,7 @@ import gradnoise
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import mnist_mlp as mnist_configs  # noqa: E402
 from experiments import mnist_mlp  # noqa: E402
-from gradnoise import experiment, sweep, trainer  # noqa: E402
+from gradnoise import experiment, fields, sweep, trainer  # noqa: E402
 
 N_TRAIN, BATCH = 60000, 128
 
@@ -47,7 +47,8 @@ def mnist_sized_data() -> experiment.Dataset:
 
 
 def base_config(diagnostics: bool = False):
-  config = mnist_configs.get_config("table1")
+  config = fields.complete(mnist_configs.get_config("table1"),
+                           {**trainer.FIELDS, **mnist_mlp.EXPERIMENT.fields})
   return sweep.apply_overrides(config, {"model.init": "he", "noise.eta": 0.01,
                                         "train.diagnostics": diagnostics})
 

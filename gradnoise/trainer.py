@@ -60,6 +60,8 @@ DIAGNOSTICS_WITH_MAX = ("grad_norm", "clipped_grad_norm", "noise_norm", "noise_t
 # A step counts as clipped when clipping shrank a leaf's squared norm by more than this
 # (relative): two float32 sums of the same unclipped leaf may differ in the last bits.
 CLIPPED_RTOL = 2.0**-16
+# Per-step output marking the steps whose diagnostics were computed (train.diagnostics_every).
+DIAGNOSTIC_SAMPLED = "_diagnosed"
 
 
 def _is_optax_optimizer(name: str) -> bool:
@@ -107,6 +109,7 @@ FIELDS: dict[str, fields.Field] = {
     "train.checkpoint_every_epochs": fields.integer(0),
     "train.diagnostics": fields.flag(default=True),
     "train.diagnostics_per_leaf": fields.flag(default=False),
+    "train.diagnostics_every": fields.integer(1, default=1),
 }
 
 
@@ -154,6 +157,7 @@ def unused_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
     unused.update({"noise.eta": reason, "noise.gamma": reason})
   if not field_value(config, "train.diagnostics"):
     unused["train.diagnostics_per_leaf"] = "train.diagnostics=False logs no diagnostics"
+    unused["train.diagnostics_every"] = "train.diagnostics=False logs no diagnostics"
   if config.clip.norm is None or config.clip.norm == float("inf"):
     reason = f"clip.norm={config.clip.norm} means no clipping"
     unused.update({"clip.per_leaf": reason, "clip.norm_kind": reason})
@@ -529,6 +533,36 @@ def _difference(a: Any, b: Any) -> Any:
   return jax.tree.map(diff, a, b)
 
 
+def _sampled_diagnostics(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                         step: jax.Array, grads: Any, clipped: Any,
+                         noisy_and_base: tuple[Any, Any]) -> dict[str, jax.Array]:
+  """:func:`diagnostics` of update ``step``. With ``train.diagnostics_every`` = k > 1, only
+  on the steps whose index within the epoch is a multiple of k (the epoch's first step
+  always), marked ``DIAGNOSTIC_SAMPLED`` = 1.0; the other steps give zeros and 0.0 and
+  skip the computation (a ``lax.cond``: the step index is the same for every run), except
+  for the kinds in ``KINDS_REDUCING_THE_GRADIENT``. The noise is the difference of the
+  ``noisy_and_base`` trees."""
+  def compute():
+    noise = _difference(*noisy_and_base)
+    out = diagnostics(grads, clipped, noise, field_value(config, "train.diagnostics_per_leaf"),
+                      field_value(config, "noise.kind") in KINDS_REDUCING_THE_GRADIENT)
+    return {**out, DIAGNOSTIC_SAMPLED: jnp.ones([], jnp.float32)}
+
+  every = field_value(config, "train.diagnostics_every")
+  if every == 1:
+    out = compute()
+    del out[DIAGNOSTIC_SAMPLED]  # every step: plain means
+    return out
+  sample = (step % steps_per_epoch) % every == 0
+  if field_value(config, "noise.kind") in KINDS_REDUCING_THE_GRADIENT:
+    # A cond would change how XLA compiles these kinds' own reductions (their numbers
+    # by an ulp): computed at every step, only the marks follow k (no saving).
+    return {**compute(), DIAGNOSTIC_SAMPLED: sample.astype(jnp.float32)}
+  shapes = jax.eval_shape(compute)
+  return jax.lax.cond(sample, compute,
+                      lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+
 def train_step(spec: GroupSpec, stages: Stages, state: RunState,
                batch: dict[str, jax.Array], key: jax.Array, hp: dict[str, jax.Array],
                step: jax.Array) -> tuple[RunState, dict[str, jax.Array]]:
@@ -556,10 +590,8 @@ def train_step(spec: GroupSpec, stages: Stages, state: RunState,
   params = optax.apply_updates(state.params, updates)
   diagnosed = {}
   if field_value(config, "train.diagnostics"):
-    noise = _difference(at, state.params) if weight else _difference(noisy, clipped)
-    diagnosed = diagnostics(
-        grads, clipped, noise, field_value(config, "train.diagnostics_per_leaf"),
-        field_value(config, "noise.kind") in KINDS_REDUCING_THE_GRADIENT)
+    diagnosed = _sampled_diagnostics(config, spec.steps, step, grads, clipped,
+                                     (at, state.params) if weight else (noisy, clipped))
   if experiment.state and experiment.state.after_step:
     extra = experiment.state.after_step(extra, aux, {**hp, **state.extra}, config)
   # One reduction per leaf, fused with the ops producing them. Clipping could hide an inf
@@ -595,10 +627,19 @@ def train_epoch(spec: GroupSpec, state: RunState, hp: dict[str, jax.Array],
 
   step_nums = epoch * spec.steps + jnp.arange(spec.steps)
   state, per_step = jax.lax.scan(step, state, (order, step_nums))
-  metrics = {f"train_{k}": jnp.mean(v) for k, v in per_step.items()}
+  # [steps] 1.0 on the diagnosed steps, with train.diagnostics_every > 1.
+  sampled = per_step.pop(DIAGNOSTIC_SAMPLED, None)
+  diagnosed = field_value(spec.config, "train.diagnostics")
+  metrics = {}
   for k, v in per_step.items():
     name, slash, leaf = k.partition("/")
-    if name in DIAGNOSTICS_WITH_MAX and field_value(spec.config, "train.diagnostics"):
+    diagnostic = diagnosed and (name in DIAGNOSTICS_WITH_MAX or name == "clipped_fraction")
+    if diagnostic and sampled is not None:
+      metrics[f"train_{k}"] = jnp.sum(jnp.where(sampled > 0, v, 0)) / jnp.sum(sampled)
+      v = jnp.where(sampled > 0, v, -jnp.inf)
+    else:
+      metrics[f"train_{k}"] = jnp.mean(v)
+    if diagnostic and name in DIAGNOSTICS_WITH_MAX:
       metrics[f"train_{name}_max{slash}{leaf}"] = jnp.max(v)
   metrics.update({f"state_{k}": jnp.asarray(v, jnp.float32)
                   for k, v in state.extra.items() if getattr(v, "ndim", None) == 0})

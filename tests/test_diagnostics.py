@@ -71,10 +71,11 @@ def hand_gradients(w1, w2, x, y):
   return {"w1": x.T @ ((d_out @ w2.T) * (1 - h**2)), "w2": h.T @ d_out}
 
 
-def hand_epochs(c, epochs=2):
+def hand_epochs(c, epochs=2, every=1):
   """Per epoch, the diagnostics computed by hand (float64) with the trainer's init,
   batches and noise draws (the noise of update t: std times the unit normals that
-  add_gradient_noise draws for the run's noise key at t)."""
+  add_gradient_noise draws for the run's noise key at t), over the steps of the epoch
+  whose index is a multiple of ``every``."""
   hp = {k: jnp.asarray(v) for k, v in trainer.run_hparams(c, TWO_LAYER).items()}
   params = {k: np.asarray(v, np.float64) for k, v in two_layer_init(
       trainer._stream(hp, trainer.STREAM_INIT), None, hp, None).items()}
@@ -108,7 +109,7 @@ def hand_epochs(c, epochs=2):
       steps.append(step)
     epoch_metrics = {}
     for name in steps[0]:
-      values = [s[name] for s in steps]
+      values = [s[name] for i, s in enumerate(steps) if i % every == 0]
       base, slash, leaf = name.partition("/")
       epoch_metrics[f"train_{name}"] = np.mean(values)
       if base != "clipped_fraction":
@@ -127,6 +128,26 @@ def test_diagnostics_match_a_hand_computation_on_a_two_layer_model():
       assert got[name] == pytest.approx(value, rel=1e-4), name
   fractions = [h["train_clipped_fraction"] for h in history]
   assert 0 < min(fractions) and max(fractions) < 1  # both cases occur (4 steps an epoch)
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_diagnostics_every_k_steps_are_those_steps_by_hand(every):
+  # 4 steps an epoch: k = 2 diagnoses steps 0 and 2, k = 3 steps 0 and 3, k = 5 step 0.
+  c = config(**{"train.diagnostics_every": every})
+  _, history = train(c)
+  for got, want in zip(history, hand_epochs(c, every=every)):
+    assert set(NAMES) <= set(got) and "train__diagnosed" not in got
+    for name, value in want.items():
+      assert got[name] == pytest.approx(value, rel=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "relative", "perturbed", "weight"])
+def test_parameters_are_bit_identical_with_diagnostics_every_k(kind):
+  states = [train(config(**{"noise.kind": kind, "train.diagnostics": on,
+                            "train.diagnostics_every": every, **STRENGTHS[kind]}))[0]
+            for on, every in [(False, 1), (True, 3)]]
+  for a, b in zip(jax.tree.leaves(states[1].params), jax.tree.leaves(states[0].params)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_zero_over_zero_and_clipping_rules():
