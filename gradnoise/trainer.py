@@ -449,7 +449,7 @@ def _leaf_name(path: tuple) -> str:
 # Kinds whose noise stage itself reduces over the clipped gradient: for them the
 # diagnostics' norms are dots, which XLA does not fuse with those reductions (a fused
 # sibling reduction changed relative's and perturbed's numbers by an ulp). For every other
-# kind they are plain reductions, fused into the loops that produce the trees.
+# kind they are plain reductions, one per leaf shape (see _sum_squares).
 KINDS_REDUCING_THE_GRADIENT = ("relative", "perturbed")
 
 
