@@ -10,7 +10,8 @@ Diagnostics: the trainer's training epoch (``trainer.build_program``, the same m
 Simple init, clip 10, annealed noise eta 0.01, random MNIST-shaped inputs) with
 ``train.diagnostics`` off, on, on with ``train.diagnostics_per_leaf``, and on every 10th
 step (``train.diagnostics_every=10``), for 1 and 16 runs at once, interleaved, min over
-repeats.
+repeats; with XLA's flop count of the step and the number of kernels in the compiled
+step (:func:`step_kernels`).
 Run: ``python benchmarks/noise_overhead.py [--runs 1,16]`` from the repository root.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import platform
 import sys
 import time
@@ -70,13 +72,29 @@ def make_epoch(tx, steps, batch):
   return jax.jit(epoch)
 
 
+# Instructions of a compiled computation that are not kernels: views, tuples, constants.
+NOT_KERNELS = ("get-tuple-element", "bitcast", "constant", "tuple", "parameter")
+
+
+def step_kernels(compiled_text: str) -> int:
+  """Kernels (fusions, dots, copies, custom calls, ...) XLA runs per training step: the
+  top-level instructions of the compiled module's computation with the most fusions (the
+  body of the epoch's ``lax.scan``), views and tuples aside. Deterministic for a given
+  jax/XLA version, unlike the timings."""
+  body = max(compiled_text.split("\n\n"), key=lambda c: c.count(" fusion("))
+  opcodes = re.findall(r"^\s+(?:ROOT )?%?\S+ = \S+ ([\w-]+)\(", body, re.M)
+  return sum(op not in NOT_KERNELS for op in opcodes)
+
+
 def trainer_epoch_costs(steps: int, runs: int, repeats: int
-                        ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+                        ) -> tuple[dict[str, float], dict[str, int | None],
+                                   dict[str, float], dict[str, float]]:
   """Per DIAGNOSTICS setting, ``runs`` runs at once: XLA's flop count of the lowered
   training epoch (a deterministic proxy, no compilation; XLA counts the scanned step
-  once, so this is one step's), and wall and CPU (process: all threads) seconds per step,
-  each the min over ``repeats`` interleaved calls (inf with ``repeats`` = 0). On a shared
-  machine the CPU time is the steadier figure."""
+  once, so this is one step's), the kernels per step (:func:`step_kernels`; None with
+  ``repeats`` = 0, which compiles nothing), and wall and CPU (process: all threads)
+  seconds per step, each the min over ``repeats`` interleaved calls (inf with
+  ``repeats`` = 0). On a shared machine the CPU time is the steadier figure."""
   exp = mnist_mlp.EXPERIMENT
   base = fields.complete(mnist_configs.get_config("quick"), {**trainer.FIELDS, **exp.fields})
   rng = np.random.default_rng(0)
@@ -84,6 +102,7 @@ def trainer_epoch_costs(steps: int, runs: int, repeats: int
            "y": rng.integers(0, 10, steps * 128).astype(np.int32)}
   data = experiment.Dataset(train, {}, "random MNIST-shaped arrays")
   programs, states, hps, flops = {}, {}, {}, {}
+  kernels: dict[str, int | None] = dict.fromkeys(DIAGNOSTICS)
   for name, overrides in DIAGNOSTICS.items():
     configs = [sweep.apply_overrides(base, {**overrides, "seed": s}) for s in range(runs)]
     programs[name] = trainer.build_program(exp, configs[0], data.num_train)
@@ -92,19 +111,20 @@ def trainer_epoch_costs(steps: int, runs: int, repeats: int
     lowered = programs[name].train_epoch.lower(states[name], hps[name], train, np.int32(0))
     flops[name] = lowered.cost_analysis()["flops"]
     if repeats:
-      states[name], _ = programs[name].train_epoch(states[name], hps[name], train,
-                                                   np.int32(0))
+      programs[name] = lowered.compile()
+      kernels[name] = step_kernels(programs[name].as_text())
+      states[name], _ = programs[name](states[name], hps[name], train, np.int32(0))
       jax.block_until_ready(states[name])
   best = {name: float("inf") for name in DIAGNOSTICS}
   best_cpu = dict(best)
   for _ in range(repeats):
     for name, program in programs.items():
       start, start_cpu = time.perf_counter(), time.process_time()
-      states[name], metrics = program.train_epoch(states[name], hps[name], train, np.int32(1))
+      states[name], metrics = program(states[name], hps[name], train, np.int32(1))
       jax.block_until_ready((states[name], metrics))
       best[name] = min(best[name], (time.perf_counter() - start) / steps)
       best_cpu[name] = min(best_cpu[name], (time.process_time() - start_cpu) / steps)
-  return flops, best, best_cpu
+  return flops, kernels, best, best_cpu
 
 
 def main():
@@ -154,11 +174,12 @@ def main():
 
 def print_diagnostics(args: argparse.Namespace) -> None:
   print(f"\n{'trainer epoch, diagnostics':28s} {'runs':>4s} {'MFLOP/step':>10s} {'ratio':>6s} "
-        f"{'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s}")
+        f"{'kernels':>7s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s}")
   for runs in [int(r) for r in args.runs.split(",")]:
-    flops, wall, cpu = trainer_epoch_costs(args.steps, runs, args.repeats)
+    flops, kernels, wall, cpu = trainer_epoch_costs(args.steps, runs, args.repeats)
     for name in DIAGNOSTICS:
       print(f"{name:28s} {runs:4d} {flops[name] / 1e6:10.2f} {flops[name] / flops['off']:6.3f} "
+            f"{'-' if kernels[name] is None else kernels[name]:>7} "
             f"{wall[name] * 1e3:8.3f} {wall[name] / wall['off']:6.2f} "
             f"{cpu[name] * 1e3:8.3f} {cpu[name] / cpu['off']:6.2f}")
 

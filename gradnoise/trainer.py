@@ -449,31 +449,42 @@ def _leaf_name(path: tuple) -> str:
 # Kinds whose noise stage itself reduces over the clipped gradient: for them the
 # diagnostics' norms are dots, which XLA does not fuse with those reductions (a fused
 # sibling reduction changed relative's and perturbed's numbers by an ulp). For every other
-# kind they are plain reductions, one per leaf shape (see _sum_squares).
+# kind they are plain reductions, one per leaf shape and dtype (see _sum_squares).
 KINDS_REDUCING_THE_GRADIENT = ("relative", "perturbed")
 
 
-def _sum_squares(leaves: list[jax.Array], as_dots: bool) -> list[jax.Array]:
-  """sum |x|^2 of each inexact leaf in its working dtype (float32; float64 for
-  float64/complex128 leaves). With ``as_dots`` one dot product per leaf (see
-  ``KINDS_REDUCING_THE_GRADIENT``); otherwise leaves of one shape and dtype are stacked
-  into one reduction: XLA:CPU spends microseconds per kernel, and an MLP's 42 leaves make
-  few shapes."""
+def _sum_squares(trees: list[list[jax.Array]], as_dots: bool) -> list[list[jax.Array]]:
+  """sum |x|^2 of every inexact leaf of each of ``trees`` (lists of leaves of one shape
+  structure), in its working dtype (float32; float64 for float64/complex128 leaves).
+
+  With ``as_dots`` one dot product per leaf (see ``KINDS_REDUCING_THE_GRADIENT``).
+  Otherwise the leaves of one shape and dtype, from all trees, go into one variadic
+  ``lax.reduce``: one kernel reading them all, where a reduction per leaf or a stack of
+  the leaves costs a kernel (or a copy) per leaf and tree, microseconds each on XLA:CPU
+  (the step counts of benchmarks/README.md).
+  """
   def parts(x):
     split = (x.real, x.imag) if jnp.iscomplexobj(x) else (x,)
     return [p.astype(_working_dtype(x.dtype)) for p in split]
+
   if as_dots:
-    return [sum(jnp.dot(jnp.ravel(p), jnp.ravel(p), precision=jax.lax.Precision.HIGHEST)
-                for p in parts(x)) for x in leaves]
-  groups: dict[tuple, list[int]] = {}
-  for i, x in enumerate(leaves):
-    groups.setdefault((x.shape, x.dtype), []).append(i)
-  out: list[Any] = [None] * len(leaves)
-  for indices in groups.values():
-    stacked = [jnp.stack(p) for p in zip(*(parts(leaves[i]) for i in indices))]
-    sums = sum(jnp.sum(p * p, axis=tuple(range(1, p.ndim))) for p in stacked)
-    for j, i in enumerate(indices):
-      out[i] = sums[j]
+    return [[sum(jnp.dot(jnp.ravel(p), jnp.ravel(p), precision=jax.lax.Precision.HIGHEST)
+                 for p in parts(x)) for x in leaves] for leaves in trees]
+  groups: dict[tuple, list[tuple[int, int, int]]] = {}
+  squares = []
+  for t, leaves in enumerate(trees):
+    for i, x in enumerate(leaves):
+      for p in parts(x):
+        groups.setdefault((p.shape, p.dtype), []).append((t, i, len(squares)))
+        squares.append(p * p)
+  out: list[list[Any]] = [[0] * len(leaves) for leaves in trees]
+  for (shape, dtype), members in groups.items():
+    operands = [squares[k] for _, _, k in members]
+    sums = jax.lax.reduce(operands, [jnp.zeros([], dtype)] * len(operands),
+                          lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)),
+                          tuple(range(len(shape))))
+    for (t, i, _), total in zip(members, sums):
+      out[t][i] = out[t][i] + total
   return out
 
 
@@ -506,9 +517,9 @@ def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool,
   clipped = [jnp.asarray(x) for x in jax.tree.leaves(clipped)]
   noise = [jnp.asarray(x) for x in jax.tree.leaves(noise)]
   inexact = [i for i, x in enumerate(grads) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  squares = {name: _sum_squares([tree[i] for i in inexact], as_dots)
-             for name, tree in [("grad_norm", grads), ("clipped_grad_norm", clipped),
-                                ("noise_norm", noise)]}
+  names = ("grad_norm", "clipped_grad_norm", "noise_norm")
+  squares = dict(zip(names, _sum_squares([[tree[i] for i in inexact]
+                                          for tree in (grads, clipped, noise)], as_dots)))
   out = {name: jnp.sqrt(sum(s)) for name, s in squares.items()}
   out["noise_to_grad"] = _ratio(out["noise_norm"], out["clipped_grad_norm"])
   changed = [c < g * (1 - CLIPPED_RTOL)

@@ -166,6 +166,26 @@ def test_zero_over_zero_and_clipping_rules():
                         "grad_norm", "clipped_grad_norm", "noise_norm", "noise_to_grad")}
 
 
+@pytest.mark.parametrize("as_dots", [False, True])
+def test_sums_of_squares_over_mixed_leaves_match_numpy(as_dots):
+  """Leaves of shared and distinct shapes, dtypes (bfloat16, float32, complex64) and a
+  scalar, from three trees: each leaf's sum of squares as numpy computes it."""
+  rng = np.random.default_rng(0)
+  def tree(k):
+    return [jnp.asarray(rng.normal(size=(3, 4)) * k, jnp.float32),
+            jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+            jnp.asarray(rng.normal(size=5) + 1j * rng.normal(size=5), jnp.complex64),
+            jnp.asarray(rng.normal(size=(3, 4)), jnp.bfloat16),
+            jnp.asarray(2.5 * k, jnp.float32)]
+  trees = [tree(k) for k in (1.0, 2.0, 3.0)]
+  got = trainer._sum_squares(trees, as_dots)
+  for leaves, sums in zip(trees, got):
+    for x, total in zip(leaves, sums):
+      want = np.sum(np.abs(np.asarray(x, np.complex128 if jnp.iscomplexobj(x) else np.float64))**2)
+      assert total.dtype == jnp.float32
+      assert float(total) == pytest.approx(want, rel=1e-6)
+
+
 def test_weight_noise_diagnostic_is_the_parameter_perturbation():
   c = config(**{"noise.kind": "weight", "noise.sigma": 0.1, "clip.norm": None})
   _, history = train(c, epochs=1)
