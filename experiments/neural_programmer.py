@@ -382,7 +382,7 @@ def table_specs(config: ml_collections.ConfigDict) -> tuple[table_qa.TableSpec,
   d = config.data
   common = dict(max_columns=d.max_columns, text_columns=d.text_columns,
                 word_variability=d.word_variability, uniform_templates=d.uniform_templates,
-                decimals=d.decimals, templates=tuple(d.templates or ()))
+                decimals=d.decimals, templates=tuple(d.templates or ()), pivots=d.pivots)
   train = table_qa.TableSpec(min_rows=d.min_rows, max_rows=d.max_rows, value_range=d.train_range,
                              fixed_columns=d.text_columns > 0, **common)
   test = table_qa.TableSpec(min_rows=d.test_rows, max_rows=d.test_rows,
@@ -442,6 +442,7 @@ FIELDS = {
     "data.max_rows": fields.integer(1),
     "data.test_rows": fields.integer(1),
     "data.templates": fields.optional(fields.integers(0), "every template"),
+    "data.pivots": fields.choice(*table_qa.PIVOT_DRAWS),
 }
 
 

@@ -28,7 +28,14 @@ parameter of :class:`TableSpec` and a config field, the others are fixed here):
 - ``decimals`` (2): cell values and question numbers are reals with two decimals, as the
   numbers in the paper's examples (50.32, -80.97); 0 gives integers.
 - Question numbers (pivots) are drawn like the cells of the table they ask about
-  (uniform in [-range, range], same decimals).
+  (uniform in [-range, range], same decimals). ``pivots`` (:data:`PIVOT_DRAWS`) says how
+  the two numbers of a logic question comparing one column twice relate:
+  ``independent`` draws them independently, so half of the ``greater a and lesser b``
+  questions ask for an empty range (answer 0, or no cell) and half of the ``or``
+  questions for the whole column; ``ordered`` draws the same two numbers and puts them in
+  the order that makes the question non-trivial: for ``and`` the greater-than pivot is
+  the smaller (the range between them is asked for), for ``or`` it is the larger (the
+  two tails). Pairs on two different columns stay independent.
 - Each triple has its own table.
 - Text entries (1.4): the paper's text grammar (1125 templates for 2 columns) is not
   printed. Ours: the numeric grammar over the numeric columns, plus
@@ -57,6 +64,7 @@ OPS = ("sum", "count", "difference", "greater", "lesser", "and", "or", "assign",
 NUMERIC_OPS = 9
 OP = {name: i for i, name in enumerate(OPS)}
 T = 4  # program steps (sec. 3.2.1)
+PIVOT_DRAWS = ("independent", "ordered")  # TableSpec.pivots
 MAX_COLUMNS = 10
 TEXT_WORDS = tuple(f"word:{k}" for k in range(10))
 LETTERS = tuple("ABCDEFGHIJ")
@@ -116,6 +124,8 @@ class TableSpec:
     uniform_templates: sample templates uniformly instead of category first.
     decimals: decimal places of cells and question numbers (0: integers).
     templates: indices into :func:`templates` to draw from (empty: all).
+    pivots: how the two numbers of a logic question on one column relate
+      (:data:`PIVOT_DRAWS`, module docstring).
   """
 
   max_columns: int = 1
@@ -128,6 +138,7 @@ class TableSpec:
   uniform_templates: bool = False
   decimals: int = 2
   templates: tuple[int, ...] = ()
+  pivots: str = "independent"
 
 
 def _words(word: str, variant: int | None) -> tuple[str, ...]:
@@ -306,6 +317,22 @@ def _draw_numbers(spec: TableSpec, shape: int | tuple[int, ...],
   return np.round(values, spec.decimals)
 
 
+def order_pivots(template: Template, numbers: np.ndarray) -> np.ndarray:
+  """``numbers`` (in question order) of a logic template comparing one column twice,
+  sorted so that its question is non-trivial (``pivots="ordered"``, module docstring):
+  for ``and`` the greater-than pivot below the lesser-than pivot, for ``or`` above it.
+  Other templates' numbers are returned as they are."""
+  (op1, col1), (op2, col2), (conj, _), _ = template.program
+  comparisons = {OP["greater"], OP["lesser"]}
+  if (template.category != "logic" or col1 != col2 or {op1, op2} != comparisons
+      or len(numbers) != 2):
+    return numbers
+  low, high = np.sort(numbers)
+  greater_low = conj == OP["and"]
+  first_is_greater = op1 == OP["greater"]
+  return np.array([low, high] if greater_low == first_is_greater else [high, low])
+
+
 def _draw_template(spec: TableSpec, pool: Sequence[Template],
                    rng: np.random.Generator) -> Template:
   """Category uniformly, then a template within it (Table 4 caption), or uniform."""
@@ -385,6 +412,8 @@ def generate(spec: TableSpec, num: int | None, rng: np.random.Generator,
     table = _draw_table(spec, columns, rng)
     template = fixed[i] if fixed else _draw_template(spec, _pool(spec, columns), rng)
     numbers = _draw_numbers(spec, template.words.count(NUMBER), rng)
+    if spec.pivots == "ordered":
+      numbers = order_pivots(template, numbers)
     example = _encode(template, table, numbers, length, spec.max_rows, spec.max_columns)
     example["template"] = np.int32(index.get(template, -1))
     examples.append(example)

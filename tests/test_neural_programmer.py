@@ -75,6 +75,48 @@ def test_generator_ranges_row_and_column_counts():
   assert 150 < np.abs(held_out["values"]).max() <= 200
 
 
+@pytest.mark.parametrize("words, numbers, ordered", [
+    ("greater <n> A and lesser <n> A sum A", (50.0, -20.0), (-20.0, 50.0)),
+    ("lesser <n> A and greater <n> A count", (-20.0, 50.0), (50.0, -20.0)),
+    ("greater <n> A or lesser <n> A print A", (-20.0, 50.0), (50.0, -20.0)),
+    ("lesser <n> B or greater <n> B sum A", (50.0, -20.0), (-20.0, 50.0)),
+    ("greater <n> A and lesser <n> A count", (-20.0, 50.0), (-20.0, 50.0)),  # already so
+    ("greater <n> A and lesser <n> B count", (50.0, -20.0), (50.0, -20.0)),  # two columns
+    ("greater <n> C sum A", (50.0,), (50.0,)),
+])
+def test_ordered_pivots_make_logic_questions_non_trivial(words, numbers, ordered):
+  template = _template(words)
+  got = tq.order_pivots(template, np.array(numbers))
+  np.testing.assert_array_equal(got, ordered)
+  if template.program[0][1] == template.program[1][1] and len(numbers) == 2:
+    # and: a non-empty range of the column; or: not every row.
+    values = np.repeat(np.linspace(-100, 100, 201)[:, None], 3, axis=1)
+    table = tq.Table(values, np.full(values.shape, -1), 0)
+    _, _, selected = tq.execute(template.program[:3], table, tuple(got))
+    assert 0 < np.count_nonzero(selected) < len(values)
+
+
+def test_ordered_pivots_in_generated_single_column_data():
+  """With pivots='ordered' no single-column and-question asks for an empty range and no
+  or-question for the whole column; independently drawn, about half do."""
+  def trivial(pivots):
+    spec = tq.TableSpec(pivots=pivots)
+    data = tq.generate(spec, 600, np.random.default_rng(0))
+    programs = [tq.spec_templates(spec, 1)[i].program for i in data["template"]]
+    out = []
+    for program, numbers, mask in zip(programs, data["numbers"], data["number_mask"]):
+      if program[2][0] not in (OP["and"], OP["or"]):
+        continue
+      pivot = dict(zip((program[0][0], program[1][0]), numbers[mask > 0]))
+      overlap = pivot[OP["greater"]] < pivot[OP["lesser"]]
+      out.append(overlap != (program[2][0] == OP["and"]))
+    return np.mean(out), len(out)
+  fraction, count = trivial("ordered")
+  assert fraction == 0 and count > 100
+  fraction, count = trivial("independent")
+  assert 0.4 < fraction < 0.6 and count > 100
+
+
 def test_question_encoding_keeps_numbers_with_their_left_word():
   spec = tq.TableSpec(max_columns=3, templates=(100,))
   template = tq.spec_templates(spec, 3)[100]
