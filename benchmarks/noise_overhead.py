@@ -9,8 +9,8 @@ overflow-safe global clip, also timed alone without noise.
 Diagnostics: the trainer's training epoch (``trainer.build_program``, the same model,
 Simple init, clip 10, annealed noise eta 0.01, random MNIST-shaped inputs) with
 ``train.diagnostics`` off, on, on with ``train.diagnostics_per_leaf``, and on every 10th
-step (``train.diagnostics_every=10``), for 1 and 16 runs at once, interleaved, min over
-repeats; with XLA's flop count of the step and the number of kernels in the compiled
+step (``train.diagnostics_every=10``), for 1 and 16 runs at once (``--runs``; the tables in
+benchmarks/README.md use 1,32), interleaved, min over repeats; with XLA's flop count of the step and the number of kernels in the compiled
 step (:func:`step_kernels`).
 Run: ``python benchmarks/noise_overhead.py [--runs 1,16]`` from the repository root.
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import platform
+import re
 import sys
 import time
 
@@ -77,13 +77,24 @@ NOT_KERNELS = ("get-tuple-element", "bitcast", "constant", "tuple", "parameter")
 
 
 def step_kernels(compiled_text: str) -> int:
-  """Kernels (fusions, dots, copies, custom calls, ...) XLA runs per training step: the
-  top-level instructions of the compiled module's computation with the most fusions (the
-  body of the epoch's ``lax.scan``), views and tuples aside. Deterministic for a given
-  jax/XLA version, unlike the timings."""
+  """Kernels (fusions, dots, copies, custom calls, loops, ...) XLA runs per training step:
+  the top-level instructions of the compiled module's computation with the most fusions
+  (the body of the epoch's ``lax.scan``), views and tuples aside; a ``conditional`` or
+  ``while`` counts as one. Deterministic for a given jax/XLA version, unlike the timings."""
   body = max(compiled_text.split("\n\n"), key=lambda c: c.count(" fusion("))
-  opcodes = re.findall(r"^\s+(?:ROOT )?%?\S+ = \S+ ([\w-]+)\(", body, re.M)
-  return sum(op not in NOT_KERNELS for op in opcodes)
+  count = 0
+  for line in body.splitlines():
+    match = re.match(r"\s+(?:ROOT )?%?\S+ = ", line)
+    if not match:
+      continue
+    rest, depth = line[match.end():], 0
+    for k, char in enumerate(rest):  # skip the result type, which may be a tuple
+      depth += (char in "([{") - (char in ")]}")
+      if char == " " and depth == 0:
+        break
+    opcode = re.match(r"([\w-]+)\(", rest[k + 1:])
+    count += bool(opcode) and opcode.group(1) not in NOT_KERNELS
+  return count
 
 
 def trainer_epoch_costs(steps: int, runs: int, repeats: int

@@ -442,7 +442,8 @@ FIELDS = {
     "data.max_rows": fields.integer(1),
     "data.test_rows": fields.integer(1),
     "data.templates": fields.optional(fields.integers(0), "every template"),
-    "data.pivots": fields.choice(*table_qa.PIVOT_DRAWS),
+    # Absent from configs written before it existed: their data as drawn then.
+    "data.pivots": fields.choice(*table_qa.PIVOT_DRAWS, default="independent"),
 }
 
 

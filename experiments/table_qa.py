@@ -30,12 +30,15 @@ parameter of :class:`TableSpec` and a config field, the others are fixed here):
 - Question numbers (pivots) are drawn like the cells of the table they ask about
   (uniform in [-range, range], same decimals). ``pivots`` (:data:`PIVOT_DRAWS`) says how
   the two numbers of a logic question comparing one column twice relate:
-  ``independent`` draws them independently, so half of the ``greater a and lesser b``
-  questions ask for an empty range (answer 0, or no cell) and half of the ``or``
-  questions for the whole column; ``ordered`` draws the same two numbers and puts them in
-  the order that makes the question non-trivial: for ``and`` the greater-than pivot is
-  the smaller (the range between them is asked for), for ``or`` it is the larger (the
-  two tails). Pairs on two different columns stay independent.
+  ``independent`` (the :class:`TableSpec` default, the draw before the choice existed)
+  draws them independently, so half of the ``greater a and lesser b`` questions ask for
+  an empty range (answer 0, or no cell) and half of the ``or`` questions for the whole
+  column; ``ordered`` (the configs' choice) draws the same two numbers and orders them:
+  for ``and`` the greater-than pivot is the smaller (the range between them is asked
+  for), for ``or`` the larger (the two tails). A question can then still select no row
+  or every row when no cell falls in the range or the gap (3% of single-column training
+  logic questions; independent: 50%) or, rarely at two decimals, when the numbers tie.
+  Pairs on two different columns stay independent.
 - Each triple has its own table.
 - Text entries (1.4): the paper's text grammar (1125 templates for 2 columns) is not
   printed. Ours: the numeric grammar over the numeric columns, plus
@@ -126,6 +129,9 @@ class TableSpec:
     templates: indices into :func:`templates` to draw from (empty: all).
     pivots: how the two numbers of a logic question on one column relate
       (:data:`PIVOT_DRAWS`, module docstring).
+
+  Raises:
+    ValueError: ``pivots`` not in :data:`PIVOT_DRAWS`.
   """
 
   max_columns: int = 1
@@ -139,6 +145,10 @@ class TableSpec:
   decimals: int = 2
   templates: tuple[int, ...] = ()
   pivots: str = "independent"
+
+  def __post_init__(self):
+    if self.pivots not in PIVOT_DRAWS:
+      raise ValueError(f"pivots={self.pivots!r}; accepted: {', '.join(PIVOT_DRAWS)}")
 
 
 def _words(word: str, variant: int | None) -> tuple[str, ...]:

@@ -454,14 +454,15 @@ KINDS_REDUCING_THE_GRADIENT = ("relative", "perturbed")
 
 
 def _sum_squares(trees: list[list[jax.Array]], as_dots: bool) -> list[list[jax.Array]]:
-  """sum |x|^2 of every inexact leaf of each of ``trees`` (lists of leaves of one shape
-  structure), in its working dtype (float32; float64 for float64/complex128 leaves).
+  """sum |x|^2 of every leaf of each of ``trees`` (lists of inexact arrays of any shapes):
+  ``out[t][i]`` is the scalar of leaf i of tree t, in the leaf's working dtype (float32;
+  float64 for float64/complex128 leaves; a complex leaf sums its real and imaginary parts).
 
   With ``as_dots`` one dot product per leaf (see ``KINDS_REDUCING_THE_GRADIENT``).
   Otherwise the leaves of one shape and dtype, from all trees, go into one variadic
   ``lax.reduce``: one kernel reading them all, where a reduction per leaf or a stack of
   the leaves costs a kernel (or a copy) per leaf and tree, microseconds each on XLA:CPU
-  (the step counts of benchmarks/README.md).
+  (the kernel counts of benchmarks/README.md).
   """
   def parts(x):
     split = (x.real, x.imag) if jnp.iscomplexobj(x) else (x,)
@@ -524,7 +525,8 @@ def diagnostics(grads: Any, clipped: Any, noise: Any, per_leaf: bool,
   out["noise_to_grad"] = _ratio(out["noise_norm"], out["clipped_grad_norm"])
   changed = [c < g * (1 - CLIPPED_RTOL)
              for c, g in zip(squares["clipped_grad_norm"], squares["grad_norm"])]
-  out["clipped_fraction"] = jnp.stack(changed).any().astype(jnp.float32)
+  out["clipped_fraction"] = (jnp.stack(changed).any() if changed
+                             else jnp.zeros([], bool)).astype(jnp.float32)
   if per_leaf:
     for j, i in enumerate(inexact):
       leaf = {name: jnp.sqrt(s[j]) for name, s in squares.items()}

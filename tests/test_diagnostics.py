@@ -186,6 +186,13 @@ def test_sums_of_squares_over_mixed_leaves_match_numpy(as_dots):
       assert float(total) == pytest.approx(want, rel=1e-6)
 
 
+def test_a_tree_without_inexact_leaves_gives_zero_diagnostics():
+  ints = {"n": jnp.arange(3)}
+  d = trainer.diagnostics(ints, ints, ints, per_leaf=False)
+  assert {k: float(v) for k, v in d.items()} == dict.fromkeys(
+      ("grad_norm", "clipped_grad_norm", "noise_norm", "noise_to_grad", "clipped_fraction"), 0.0)
+
+
 def test_weight_noise_diagnostic_is_the_parameter_perturbation():
   c = config(**{"noise.kind": "weight", "noise.sigma": 0.1, "clip.norm": None})
   _, history = train(c, epochs=1)

@@ -115,6 +115,8 @@ def test_ordered_pivots_in_generated_single_column_data():
   assert fraction == 0 and count > 100
   fraction, count = trivial("independent")
   assert 0.4 < fraction < 0.6 and count > 100
+  with pytest.raises(ValueError, match="accepted: independent, ordered"):
+    tq.TableSpec(pivots="orderd")
 
 
 def test_question_encoding_keeps_numbers_with_their_left_word():
