@@ -9,9 +9,9 @@ overflow-safe global clip, also timed alone without noise.
 Diagnostics: the trainer's training epoch (``trainer.build_program``, the same model,
 Simple init, clip 10, annealed noise eta 0.01, random MNIST-shaped inputs) with
 ``train.diagnostics`` off, on, on with ``train.diagnostics_per_leaf``, and on every 10th
-step (``train.diagnostics_every=10``), for 1 and 16 runs at once (``--runs``; the tables in
-benchmarks/README.md use 1,32), interleaved, min over repeats; with XLA's flop count of the step and the number of kernels in the compiled
-step (:func:`step_kernels`).
+step (``train.diagnostics_every=10``), for 1 and 16 runs at once (``--runs``; the tables
+in benchmarks/README.md use 1,32), interleaved, min over repeats; with XLA's flop count
+of the step and the number of kernels in the compiled step (:func:`step_kernels`).
 Run: ``python benchmarks/noise_overhead.py [--runs 1,16]`` from the repository root.
 """
 
